@@ -1,0 +1,71 @@
+"""Every config key maskrcnn_plugin adds to detectron2's defaults, each with what it means.
+
+`add_maskrcnn_plugin_config(cfg)` follows detectron2 projects' `add_*_config` convention; call it on a fresh
+`get_cfg()` before merging a yaml file. `check_maskrcnn_plugin_config(cfg)` rejects invalid values with the
+key and the valid choices (called when a model is built).
+"""
+from detectron2.config import CfgNode as CN
+
+# Valid values of the enumerated keys, used by the checks and in error messages.
+ROI_EXTRACTOR_METHODS = ("RoIPool", "RoIWarp", "RoIAlign")
+ROI_EXTRACTOR_AGGREGATIONS = ("max", "avg")
+MASK_LOSSES = ("sigmoid", "softmax")
+
+
+def add_maskrcnn_plugin_config(cfg):
+    """Add the plugin's keys (with defaults) to `cfg` in place. Safe to call twice."""
+    if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
+        return cfg
+    # ---- RoI feature extraction (paper Section 3, Table 2c/2d, Table 5) ----------------------------------
+    # Used by AblationStandardROIHeads / AblationRes5ROIHeads for the box, mask and keypoint branches.
+    cfg.MODEL.ROI_EXTRACTOR = CN()
+    # "RoIPool": quantize the box and the bin edges, max over integer cells (Fast R-CNN).
+    # "RoIWarp": quantize the box, then sample bilinearly (MNC). "RoIAlign": no quantization at all.
+    cfg.MODEL.ROI_EXTRACTOR.METHOD = "RoIAlign"
+    # How the samples of one bin are combined: "max" or "avg" (RoIPool is always max).
+    cfg.MODEL.ROI_EXTRACTOR.AGGREGATION = "avg"
+    # Bilinear samples per bin side for RoIWarp/RoIAlign; the paper uses 2 (4 points per bin); 0 = adaptive
+    # ceil(roi_size / output_size) as in detectron2/torchvision.
+    cfg.MODEL.ROI_EXTRACTOR.SAMPLING_RATIO = 2
+    # Half-pixel shift of the box before sampling (detectron2's ROIAlignV2). The paper's RoIAlign is False.
+    cfg.MODEL.ROI_EXTRACTOR.ALIGNED = True
+
+    # ---- Mask branch (Section 3 "Mask Representation", L_mask; Table 2b, 2e) ---------------------------
+    # "sigmoid": per-pixel sigmoid + binary cross-entropy on the gt class's mask only (the paper's L_mask).
+    # "softmax": per-pixel softmax over K classes + background, classes compete (Table 2b's baseline).
+    cfg.MODEL.ROI_MASK_HEAD.LOSS = "sigmoid"
+    # Hidden fully connected widths of MaskRCNNMLPHead; [1024, 1024, 1024] is Table 2e's 3-fc variant.
+    cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS = [1024, 1024]
+
+    # ---- The generated "shapes" dataset (maskrcnn_plugin/data/shapes.py) --------------------------------
+    cfg.DATASETS.SHAPES = CN()
+    # Where generated images and COCO json are cached; "" = $MASKRCNN_PLUGIN_DATA or ./datasets_cache.
+    cfg.DATASETS.SHAPES.ROOT = ""
+
+    # ---- Visualisation after evaluation ------------------------------------------------------------------
+    # Number of test images whose predictions are drawn (detectron2 Visualizer) into OUTPUT_DIR/vis.
+    cfg.TEST.VIS_NUM_IMAGES = 4
+    # Score threshold for the drawn predictions.
+    cfg.TEST.VIS_SCORE_THRESH = 0.5
+    return cfg
+
+
+def _check_choice(value, key, choices):
+    if value not in choices:
+        raise ValueError(f"Invalid config value {key}={value!r}; valid values: {', '.join(map(repr, choices))}.")
+
+
+def check_maskrcnn_plugin_config(cfg):
+    """Raise ValueError naming the key and its valid values for any invalid plugin setting."""
+    ex = cfg.MODEL.ROI_EXTRACTOR
+    _check_choice(ex.METHOD, "MODEL.ROI_EXTRACTOR.METHOD", ROI_EXTRACTOR_METHODS)
+    _check_choice(ex.AGGREGATION, "MODEL.ROI_EXTRACTOR.AGGREGATION", ROI_EXTRACTOR_AGGREGATIONS)
+    if ex.METHOD == "RoIPool" and ex.AGGREGATION != "max":
+        raise ValueError("MODEL.ROI_EXTRACTOR.AGGREGATION must be 'max' when METHOD='RoIPool' (RoIPool max-pools).")
+    if not isinstance(ex.SAMPLING_RATIO, int) or ex.SAMPLING_RATIO < 0:
+        raise ValueError(f"MODEL.ROI_EXTRACTOR.SAMPLING_RATIO must be an int >= 0, got {ex.SAMPLING_RATIO!r}.")
+    _check_choice(ex.ALIGNED, "MODEL.ROI_EXTRACTOR.ALIGNED", (True, False))
+    _check_choice(cfg.MODEL.ROI_MASK_HEAD.LOSS, "MODEL.ROI_MASK_HEAD.LOSS", MASK_LOSSES)
+    dims = cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise ValueError(f"MODEL.ROI_MASK_HEAD.MLP_DIMS must be a list of positive ints, got {dims!r}.")
