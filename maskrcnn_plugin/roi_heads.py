@@ -1,0 +1,57 @@
+"""ROI heads whose box, mask and keypoint branches extract RoI features with `AblationROIPooler`.
+
+`AblationStandardROIHeads` (FPN, or one feature map such as C5 at stride 32) and `AblationRes5ROIHeads` (C4,
+the res5 stage run per RoI) are detectron2's StandardROIHeads / Res5ROIHeads with the pooler swapped, so any
+detectron2 config selects them by name: `MODEL.ROI_HEADS.NAME: AblationStandardROIHeads`.
+"""
+from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
+
+from .poolers import AblationROIPooler
+
+
+def _pooler_for(cfg, input_shape, in_features, resolution):
+    scales = tuple(1.0 / input_shape[f].stride for f in in_features)
+    return AblationROIPooler.from_config(cfg, resolution, scales)
+
+
+@ROI_HEADS_REGISTRY.register()
+class AblationStandardROIHeads(StandardROIHeads):
+    """StandardROIHeads with `MODEL.ROI_EXTRACTOR` feature extraction for every branch."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_pooler"] = _pooler_for(
+            cfg, input_shape, ret["box_in_features"], cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        )
+        return ret
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        ret = super()._init_mask_head(cfg, input_shape)
+        if ret.get("mask_pooler") is not None:
+            ret["mask_pooler"] = _pooler_for(
+                cfg, input_shape, ret["mask_in_features"], cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+            )
+        return ret
+
+    @classmethod
+    def _init_keypoint_head(cls, cfg, input_shape):
+        ret = super()._init_keypoint_head(cfg, input_shape)
+        if ret.get("keypoint_pooler") is not None:
+            ret["keypoint_pooler"] = _pooler_for(
+                cfg, input_shape, ret["keypoint_in_features"], cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION
+            )
+        return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class AblationRes5ROIHeads(Res5ROIHeads):
+    """Res5ROIHeads (C4) with `MODEL.ROI_EXTRACTOR` feature extraction; box and mask share the pooler."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["pooler"] = _pooler_for(cfg, input_shape, ret["in_features"], cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
+        return ret

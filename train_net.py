@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Train and evaluate Mask R-CNN with maskrcnn_plugin's components (detectron2's DefaultTrainer).
+
+    python train_net.py --config-file configs/shapes/mask_rcnn_R18_FPN_shapes.yaml
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+"""
+import json
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+
+import maskrcnn_plugin
+from maskrcnn_plugin.data import ensure_registered
+from maskrcnn_plugin.evaluation import build_evaluator
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        ensure_registered(name, root=cfg.DATASETS.SHAPES.ROOT)
+    default_setup(cfg, args)
+    return cfg
+
+
+def write_results(cfg, results):
+    if comm.is_main_process():
+        with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        write_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    write_results(cfg, results)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
