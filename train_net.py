@@ -13,7 +13,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
 import maskrcnn_plugin
-from maskrcnn_plugin.data import ensure_registered
+from maskrcnn_plugin.data import register_datasets_from_cfg
 from maskrcnn_plugin.evaluation import build_evaluator
 
 
@@ -29,8 +29,7 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        ensure_registered(name, root=cfg.DATASETS.SHAPES.ROOT)
+    register_datasets_from_cfg(cfg)
     default_setup(cfg, args)
     return cfg
 

@@ -1,4 +1,13 @@
-"""maskrcnn_plugin (under construction: registration imports are added once the modules land)."""
+"""maskrcnn_plugin: Mask R-CNN (He et al., ICCV 2017) components for detectron2.
+
+Importing the package registers every component in detectron2's registries (this is the one place where
+that happens):
+- ROI_HEADS_REGISTRY: AblationStandardROIHeads, AblationRes5ROIHeads (RoIPool / RoIWarp / RoIAlign, Sec. 3)
+- ROI_MASK_HEAD_REGISTRY: MaskRCNNFCNHead, MaskRCNNMLPHead with sigmoid / softmax mask loss (Sec. 3)
+- DatasetCatalog: the generated `shapes_*` datasets
+Call `add_maskrcnn_plugin_config(cfg)` before merging one of our configs.
+"""
+from . import data, mask_head, roi_heads  # noqa: F401  (imported for registration)
 from .config import add_maskrcnn_plugin_config, check_maskrcnn_plugin_config
 
 __all__ = ["add_maskrcnn_plugin_config", "check_maskrcnn_plugin_config"]

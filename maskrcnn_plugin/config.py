@@ -4,6 +4,7 @@
 `get_cfg()` before merging a yaml file. `check_maskrcnn_plugin_config(cfg)` rejects invalid values with the
 key and the valid choices (called when a model is built).
 """
+import torch
 from detectron2.config import CfgNode as CN
 
 # Valid values of the enumerated keys, used by the checks and in error messages.
@@ -16,6 +17,9 @@ def add_maskrcnn_plugin_config(cfg):
     """Add the plugin's keys (with defaults) to `cfg` in place. Safe to call twice."""
     if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
         return cfg
+    # detectron2 defaults to "cuda"; ours runs where the user is: cuda when present, else cpu.
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
     # ---- RoI feature extraction (paper Section 3, Table 2c/2d, Table 5) ----------------------------------
     # Used by AblationStandardROIHeads / AblationRes5ROIHeads for the box, mask and keypoint branches.
     cfg.MODEL.ROI_EXTRACTOR = CN()
@@ -50,6 +54,19 @@ def add_maskrcnn_plugin_config(cfg):
     return cfg
 
 
+def with_plugin_defaults(cfg):
+    """`cfg` itself if it has the plugin's keys, else a copy with their defaults added.
+
+    Lets a project that only names our components (e.g. `MODEL.ROI_HEADS.NAME: AblationStandardROIHeads`
+    after `import maskrcnn_plugin`) build them from a stock detectron2 config.
+    """
+    if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    return add_maskrcnn_plugin_config(cfg)
+
+
 def _check_choice(value, key, choices):
     if value not in choices:
         raise ValueError(f"Invalid config value {key}={value!r}; valid values: {', '.join(map(repr, choices))}.")
@@ -57,6 +74,7 @@ def _check_choice(value, key, choices):
 
 def check_maskrcnn_plugin_config(cfg):
     """Raise ValueError naming the key and its valid values for any invalid plugin setting."""
+    cfg = with_plugin_defaults(cfg)
     ex = cfg.MODEL.ROI_EXTRACTOR
     _check_choice(ex.METHOD, "MODEL.ROI_EXTRACTOR.METHOD", ROI_EXTRACTOR_METHODS)
     _check_choice(ex.AGGREGATION, "MODEL.ROI_EXTRACTOR.AGGREGATION", ROI_EXTRACTOR_AGGREGATIONS)

@@ -13,6 +13,8 @@ from detectron2.utils import comm
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from .data import prepare_dataset
+
 
 def has_fast_coco_eval():
     """True when detectron2's compiled COCO evaluator can be used."""
@@ -60,6 +62,7 @@ class PredictionVisualizer(DatasetEvaluator):
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """COCOEvaluator for the tasks the model has, plus `PredictionVisualizer` writing to OUTPUT_DIR/vis."""
+    prepare_dataset(dataset_name)  # COCOEvaluator reads the json at construction; generate it first if needed
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     tasks = ["bbox"] + (["segm"] if cfg.MODEL.MASK_ON else []) + (["keypoints"] if cfg.MODEL.KEYPOINT_ON else [])
     coco = COCOEvaluator(

@@ -7,7 +7,7 @@ ablations of Table 2c/2d/5 change nothing but the feature extraction.
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
 
-from .config import check_maskrcnn_plugin_config
+from .config import check_maskrcnn_plugin_config, with_plugin_defaults
 from .layers import RoIAlign, RoIPool, RoIWarp
 
 
@@ -55,6 +55,7 @@ class AblationROIPooler(ROIPooler):
     @classmethod
     def from_config(cls, cfg, output_size, scales):
         """Pooler for `scales` with the operator described by cfg.MODEL.ROI_EXTRACTOR."""
+        cfg = with_plugin_defaults(cfg)
         check_maskrcnn_plugin_config(cfg)
         ex = cfg.MODEL.ROI_EXTRACTOR
         return cls(

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Statistics and pictures of a generated shapes split, printed as markdown for docs/shapes_dataset.md.
+
+    python tools/shapes_stats.py --dataset shapes_train --sample-dataset shapes_kp_val
+
+computes instances per image, instance size (sqrt of the visible mask area), class counts, occlusion and
+truncation of a registered shapes dataset (generated first if needed), and writes
+docs/images/shapes_sample.png (sample images with their masks, boxes and keypoints drawn) and
+docs/images/shapes_size_hist.png (histogram of instance sizes per class).
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pycocotools.mask as mask_util  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+import maskrcnn_plugin.data as shapes_data  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def compute_stats(coco):
+    anns = coco["annotations"]
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    per_image = collections.Counter(a["image_id"] for a in anns)
+    counts = np.array([per_image.get(img["id"], 0) for img in coco["images"]])
+    sizes = np.sqrt(np.array([a["area"] for a in anns], dtype=np.float64))
+    vis = np.array([a.get("visible_fraction", 1.0) for a in anns])
+    trunc = np.array([a.get("truncated", 0) for a in anns], dtype=bool)
+    areas = np.array([a["area"] for a in anns])
+    st = {
+        "num_images": len(coco["images"]),
+        "num_instances": len(anns),
+        "per_image_mean": float(counts.mean()),
+        "per_image_hist": dict(sorted(collections.Counter(counts.tolist()).items())),
+        "class_counts": {cats[k]: v for k, v in sorted(collections.Counter(a["category_id"] for a in anns).items())},
+        "size_percentiles": {p: float(np.percentile(sizes, p)) for p in (5, 25, 50, 75, 95)},
+        "size_min_max": (float(sizes.min()), float(sizes.max())),
+        "coco_small_medium_large": (
+            float((areas < 32 ** 2).mean()), float(((areas >= 32 ** 2) & (areas < 96 ** 2)).mean()),
+            float((areas >= 96 ** 2).mean()),
+        ),
+        "occluded_fraction": float((vis < 1.0).mean()),
+        "mean_visible_fraction_of_occluded": float(vis[vis < 1.0].mean()) if (vis < 1.0).any() else 1.0,
+        "truncated_fraction": float(trunc.mean()),
+        "sizes": sizes,
+        "size_classes": [cats[a["category_id"]] for a in anns],
+    }
+    kp = [np.array(a["keypoints"]).reshape(-1, 3) for a in anns if a.get("num_keypoints", 0) > 0]
+    if kp:
+        v = np.concatenate([k[:, 2] for k in kp])
+        st["keypoints"] = {
+            "persons": len(kp),
+            "visible_v2": float((v == 2).mean()),
+            "occluded_v1": float((v == 1).mean()),
+            "outside_v0": float((v == 0).mean()),
+        }
+    return st
+
+
+def markdown(name, st, command):
+    lines = [
+        f"Statistics of `{name}` (produced by `{command}`):",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| images | {st['num_images']} |",
+        f"| instances | {st['num_instances']} |",
+        f"| instances per image (mean) | {st['per_image_mean']:.2f} |",
+        "| instances per image (histogram) | "
+        + ", ".join(f"{k}: {v}" for k, v in st["per_image_hist"].items()) + " |",
+        "| instances per class | " + ", ".join(f"{k}: {v}" for k, v in st["class_counts"].items()) + " |",
+        "| instance size sqrt(visible area), px: min / p5 / p25 / median / p75 / p95 / max | "
+        + " / ".join(f"{x:.1f}" for x in [st["size_min_max"][0], *st["size_percentiles"].values(),
+                                          st["size_min_max"][1]]) + " |",
+        "| COCO small / medium / large (area < 32², < 96², ≥ 96²) | "
+        + " / ".join(f"{100 * x:.1f}%" for x in st["coco_small_medium_large"]) + " |",
+        f"| instances partly occluded by later instances | {100 * st['occluded_fraction']:.1f}% "
+        f"(visible fraction of those: mean {st['mean_visible_fraction_of_occluded']:.2f}) |",
+        f"| instances truncated by the image border | {100 * st['truncated_fraction']:.1f}% |",
+    ]
+    if "keypoints" in st:
+        k = st["keypoints"]
+        lines.append(
+            f"| person keypoints (over {k['persons']} persons): visible v=2 / occluded v=1 / outside v=0 | "
+            f"{100 * k['visible_v2']:.1f}% / {100 * k['occluded_v1']:.1f}% / {100 * k['outside_v0']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def size_histogram(st, path, name):
+    sizes, cls = st["sizes"], np.array(st["size_classes"])
+    names = list(dict.fromkeys(sorted(set(cls), key=list(st["class_counts"]).index)))
+    bins = np.logspace(np.log10(max(1.0, sizes.min())), np.log10(sizes.max() + 1), 30)
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    ax.hist([sizes[cls == n] for n in names], bins=bins, stacked=True, label=names)
+    for edge, lab in ((32, "COCO small|medium"), (96, "medium|large")):
+        ax.axvline(edge, color="k", ls="--", lw=0.8)
+        ax.text(edge * 1.03, ax.get_ylim()[1] * 0.92, lab, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("instance size: sqrt(visible mask area) [px]")
+    ax.set_ylabel("instances")
+    ax.set_title(f"{name}: instance sizes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _draw_own(img, record, meta, scale):
+    """Masks, boxes, labels and keypoints drawn with PIL (fallback when detectron2's Visualizer is unusable)."""
+    h, w = img.shape[:2]
+    out = img.astype(np.float32)
+    colors = [np.array(c, dtype=np.float32) for c in meta.thing_colors]
+    for i, ann in enumerate(record["annotations"]):
+        m = mask_util.decode(ann["segmentation"]).astype(bool)
+        col = np.array(colors[ann["category_id"] % len(colors)]) * 0.6 + np.array(
+            [(i * 97) % 255, (i * 57) % 255, (i * 151) % 255]) * 0.4
+        out[m] = out[m] * 0.45 + col * 0.55
+        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        out[edge] = 255
+    pil = Image.fromarray(out.clip(0, 255).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(pil)
+    names = meta.get("keypoint_names", None)
+    for ann in record["annotations"]:
+        x, y, bw, bh = (v * scale for v in ann["bbox"])
+        col = tuple(meta.thing_colors[ann["category_id"] % len(meta.thing_colors)])
+        draw.rectangle([x, y, x + bw - 1, y + bh - 1], outline=col, width=2)
+        label = meta.thing_classes[ann["category_id"]]
+        draw.rectangle([x, y - 11, x + 6 * len(label) + 2, y], fill=(0, 0, 0))
+        draw.text((x + 1, y - 11), label, fill=(255, 255, 255))
+        kps = ann.get("keypoints")
+        if names and kps and any(v > 0 for v in kps[2::3]):
+            k = np.array(kps, dtype=np.float64).reshape(-1, 3)
+            pts = {n: (k[j, 0] * scale, k[j, 1] * scale) for j, n in enumerate(names) if k[j, 2] > 0}
+            for a, b, c in meta.keypoint_connection_rules:
+                if a in pts and b in pts:
+                    draw.line([pts[a], pts[b]], fill=tuple(c), width=2)
+            for j, n in enumerate(names):
+                if k[j, 2] > 0:
+                    px, py = k[j, 0] * scale, k[j, 1] * scale
+                    fill = (255, 255, 255) if k[j, 2] == 2 else (255, 0, 0)  # red: occluded (v=1)
+                    draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=fill, outline=(0, 0, 0))
+    return np.asarray(pil)
+
+
+def draw_record(record, meta, scale=2):
+    img = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+    try:
+        from detectron2.utils.visualizer import Visualizer  # needs opencv (cv2)
+
+        vis = Visualizer(img, meta, scale=scale).draw_dataset_dict(record)
+        return vis.get_image(), "detectron2 Visualizer"
+    except ImportError:
+        # Shift keypoints back from detectron2's continuous coordinates to pixel indices for drawing.
+        rec = dict(record, annotations=[dict(a) for a in record["annotations"]])
+        for a in rec["annotations"]:
+            if a.get("keypoints"):
+                a["keypoints"] = [v - 0.5 if i % 3 != 2 else v for i, v in enumerate(a["keypoints"])]
+        return _draw_own(img, rec, meta, scale), "PIL (detectron2's Visualizer needs opencv, not installed)"
+
+
+def sample_figure(dataset, indices, path, scale=2):
+    records = DatasetCatalog.get(dataset)
+    meta = MetadataCatalog.get(dataset)
+    tiles, how = [], None
+    for i in indices:
+        raw = np.asarray(Image.open(records[i]["file_name"]).convert("RGB"))
+        raw = np.asarray(Image.fromarray(raw).resize((raw.shape[1] * scale, raw.shape[0] * scale), Image.NEAREST))
+        drawn, how = draw_record(records[i], meta, scale)
+        gap = np.full((raw.shape[0], 6, 3), 255, np.uint8)
+        tiles.append(np.concatenate([raw, gap, drawn], axis=1))
+    rows = []
+    for t in tiles:
+        rows += [t, np.full((6, t.shape[1], 3), 255, np.uint8)]
+    Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
+    return how
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="shapes_train", help="registered or shapes_<split>_s<seed>_n<num>_px<size>")
+    ap.add_argument("--sample-dataset", default="shapes_kp_val", help="dataset the sample picture is drawn from")
+    ap.add_argument("--sample-indices", type=int, nargs="+", default=[0, 3])
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "images"))
+    ap.add_argument("--no-images", action="store_true", help="only print the statistics")
+    args = ap.parse_args(argv)
+
+    for name in (args.dataset, args.sample_dataset):
+        shapes_data.ensure_registered(name)
+    t0 = time.time()
+    json_file = shapes_data.prepare_dataset(args.dataset)
+    elapsed = time.time() - t0
+    with open(json_file) as f:
+        coco = json.load(f)
+    st = compute_stats(coco)
+    command = "python tools/shapes_stats.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(markdown(args.dataset, st, command.strip()))
+    print(f"\n(dataset ready after {elapsed:.1f} s; json: {json_file})")
+    if not args.no_images:
+        os.makedirs(args.out_dir, exist_ok=True)
+        hist = os.path.join(args.out_dir, "shapes_size_hist.png")
+        size_histogram(st, hist, args.dataset)
+        shapes_data.prepare_dataset(args.sample_dataset)
+        sample = os.path.join(args.out_dir, "shapes_sample.png")
+        how = sample_figure(args.sample_dataset, args.sample_indices, sample)
+        print(f"wrote {hist}\nwrote {sample} (images {args.sample_indices} of {args.sample_dataset}, drawn with {how})")
+
+
+if __name__ == "__main__":
+    main()
