@@ -41,6 +41,11 @@ else
   "${pip[@]}" install -c requirements/constraints.txt --no-build-isolation "$src"
 fi
 
+# detectron2's Visualizer needs OpenCV, which detectron2 leaves to the user; keep any cv2 already present.
+if ! "$py" -c "import cv2" 2>/dev/null; then
+  "${pip[@]}" install "opencv-python-headless>=4.10,<5"
+fi
+
 echo "[setup] installing maskrcnn_plugin (editable)"
 "${pip[@]}" install --no-build-isolation --no-deps -e .
 "$py" -c "import detectron2.modeling, maskrcnn_plugin; print('[setup] ok: detectron2', detectron2.__version__)"

@@ -24,7 +24,8 @@ from maskrcnn_plugin.config import add_maskrcnn_plugin_config
 HEADS = ("MaskRCNNFCNHead", "MaskRCNNMLPHead")
 LOSSES = ("sigmoid", "softmax")
 
-torch.set_num_threads(2)
+# The test machines have 2 CPU cores shared with other jobs; more threads than cores only adds contention.
+torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,6 +281,23 @@ def test_mlp_parameter_count_closed_form(dims, loss_name):
     assert sum(p.numel() for p in head.parameters()) == _mlp_params(256, 14, dims, channels, 28)
 
 
+@pytest.mark.parametrize(
+    "roi_heads,side",
+    [("StandardROIHeads", 14), ("Res5ROIHeads", 7), ("AblationStandardROIHeads", 14), ("AblationRes5ROIHeads", 7)],
+)
+def test_mlp_input_side_follows_roi_heads(roi_heads, side):
+    # Res5ROIHeads (and subclasses) announce the 14x14 pooler size but run res5 (stride 2) before the head.
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    if roi_heads not in ROI_HEADS_REGISTRY:
+        pytest.skip(f"{roi_heads} is not registered")
+    cfg = _cfg("MaskRCNNMLPHead")
+    cfg.MODEL.ROI_HEADS.NAME = roi_heads
+    cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS = [4]
+    head = build_mask_head(cfg, ShapeSpec(channels=8, height=14, width=14))
+    assert head.input_numel == 8 * side * side and head.mask_size == 2 * side
+
+
 def test_mlp_rejects_wrong_input_size():
     head = mh.MaskRCNNMLPHead(ShapeSpec(channels=4, height=7, width=7), num_classes=2, fc_dims=[8])
     assert head.mask_size == 14
@@ -369,11 +387,12 @@ def _synthetic_batch(size=64):
     return batch
 
 
-@pytest.mark.parametrize("agnostic", [False, True])
+# Every head x loss under both of detectron2's ROI heads; class-specific masks on FPN, class-agnostic on C4
+# (the shape tests cover the remaining combinations without a whole detector).
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("arch", sorted(ZOO))
-def test_zoo_model_trains_and_predicts(arch, head, loss_name, agnostic):
+@pytest.mark.parametrize("arch,agnostic", [("fpn", False), ("c4", True)])
+def test_zoo_model_trains_and_predicts(arch, agnostic, head, loss_name):
     torch.manual_seed(0)
     cfg = _tiny_zoo_cfg(arch, head, loss_name, agnostic)
     model = build_model(cfg)

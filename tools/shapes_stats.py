@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Statistics and pictures of a generated shapes split, printed as markdown for docs/shapes_dataset.md.
 
-    python tools/shapes_stats.py --dataset shapes_train --sample-dataset shapes_kp_val
+    python tools/shapes_stats.py --dataset shapes_train --samples shapes_train:0 shapes_kp_val:0
 
 computes instances per image, instance size (sqrt of the visible mask area), class counts, occlusion and
 truncation of a registered shapes dataset (generated first if needed), and writes
@@ -141,8 +141,9 @@ def _draw_own(img, record, meta, scale):
         col = tuple(meta.thing_colors[ann["category_id"] % len(meta.thing_colors)])
         draw.rectangle([x, y, x + bw - 1, y + bh - 1], outline=col, width=2)
         label = meta.thing_classes[ann["category_id"]]
-        draw.rectangle([x, y - 11, x + 6 * len(label) + 2, y], fill=(0, 0, 0))
-        draw.text((x + 1, y - 11), label, fill=(255, 255, 255))
+        ty = y - 11 if y >= 11 else y + 1  # inside the box when it touches the top border
+        draw.rectangle([x, ty, x + 6 * len(label) + 2, ty + 11], fill=(0, 0, 0))
+        draw.text((x + 1, ty), label, fill=(255, 255, 255))
         kps = ann.get("keypoints")
         if names and kps and any(v > 0 for v in kps[2::3]):
             k = np.array(kps, dtype=np.float64).reshape(-1, 3)
@@ -174,11 +175,12 @@ def draw_record(record, meta, scale=2):
         return _draw_own(img, rec, meta, scale), "PIL (detectron2's Visualizer needs opencv, not installed)"
 
 
-def sample_figure(dataset, indices, path, scale=2):
-    records = DatasetCatalog.get(dataset)
-    meta = MetadataCatalog.get(dataset)
+def sample_figure(samples, path, scale=2):
+    """One row per (dataset, index): the image and the same image with its annotations drawn."""
     tiles, how = [], None
-    for i in indices:
+    for dataset, i in samples:
+        records = DatasetCatalog.get(dataset)
+        meta = MetadataCatalog.get(dataset)
         raw = np.asarray(Image.open(records[i]["file_name"]).convert("RGB"))
         raw = np.asarray(Image.fromarray(raw).resize((raw.shape[1] * scale, raw.shape[0] * scale), Image.NEAREST))
         drawn, how = draw_record(records[i], meta, scale)
@@ -194,13 +196,14 @@ def sample_figure(dataset, indices, path, scale=2):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes_train", help="registered or shapes_<split>_s<seed>_n<num>_px<size>")
-    ap.add_argument("--sample-dataset", default="shapes_kp_val", help="dataset the sample picture is drawn from")
-    ap.add_argument("--sample-indices", type=int, nargs="+", default=[0, 3])
+    ap.add_argument("--samples", nargs="+", default=["shapes_train:0", "shapes_kp_val:0"],
+                    help="DATASET:INDEX images drawn into shapes_sample.png, one row each")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "images"))
     ap.add_argument("--no-images", action="store_true", help="only print the statistics")
     args = ap.parse_args(argv)
 
-    for name in (args.dataset, args.sample_dataset):
+    samples = [(s.rsplit(":", 1)[0], int(s.rsplit(":", 1)[1])) for s in args.samples]
+    for name in [args.dataset] + [n for n, _ in samples]:
         shapes_data.ensure_registered(name)
     t0 = time.time()
     json_file = shapes_data.prepare_dataset(args.dataset)
@@ -215,10 +218,11 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
         hist = os.path.join(args.out_dir, "shapes_size_hist.png")
         size_histogram(st, hist, args.dataset)
-        shapes_data.prepare_dataset(args.sample_dataset)
+        for name in dict(samples):
+            shapes_data.prepare_dataset(name)
         sample = os.path.join(args.out_dir, "shapes_sample.png")
-        how = sample_figure(args.sample_dataset, args.sample_indices, sample)
-        print(f"wrote {hist}\nwrote {sample} (images {args.sample_indices} of {args.sample_dataset}, drawn with {how})")
+        how = sample_figure(samples, sample)
+        print(f"wrote {hist}\nwrote {sample} ({' '.join(args.samples)}, drawn with {how})")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,23 @@
 
 detectron2 imports `_C` at module level in a few places (deformable conv, rotated boxes, the C++ COCO
 evaluator) but Mask R-CNN never calls those ops. Importing this module succeeds; *using* any op raises an
-ImportError that names the op and says how to get a full build.
+ImportError that names the op and says how to get a full build. The build-information queries that
+`detectron2.utils.collect_env` makes (at every `default_setup`) answer that nothing was compiled.
 """
+
+_NOT_COMPILED = "none (Python-only detectron2 build, no compiled ops)"
+
+
+def get_compiler_version():
+    return _NOT_COMPILED
+
+
+def get_cuda_version():
+    return _NOT_COMPILED
+
+
+def has_cuda():
+    return False
 
 
 def __getattr__(name):

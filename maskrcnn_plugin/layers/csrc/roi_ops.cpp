@@ -12,6 +12,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -65,6 +66,31 @@ inline void axis_taps(T start, T bin, int64_t grid, int64_t pooled, int64_t size
   }
 }
 
+// Running arg-max update `if (v > acc) {acc = v; arg = s;}` written branch-free (strict '>', so the
+// first maximal sample in scan order wins, as in torchvision) so that the compiler vectorises the loop.
+template <typename T>
+inline void max_update(T* __restrict__ acc, int32_t* __restrict__ arg, int64_t c, T v, int32_t s) {
+  const T a = acc[c];
+  const int32_t o = arg[c];
+  const int32_t m = -static_cast<int32_t>(v > a);
+  acc[c] = v > a ? v : a;
+  arg[c] = (s & m) | (o & ~m);
+}
+
+// dst[c * P + i] = src[i * C + c] for a (P x C) channels-last tile: per-RoI results are accumulated
+// channels-last (vectorised over C) and transposed once into the NCHW output in cache-sized blocks.
+template <typename T>
+inline void transpose_to(const T* src, T* dst, int64_t P, int64_t C) {
+  constexpr int64_t B = 16;
+  for (int64_t c0 = 0; c0 < C; c0 += B) {
+    const int64_t c1 = std::min(C, c0 + B);
+    for (int64_t i = 0; i < P; ++i) {
+      const T* s = src + i * C;
+      for (int64_t c = c0; c < c1; ++c) dst[c * P + i] = s[c];
+    }
+  }
+}
+
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
 }
@@ -82,9 +108,8 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
   const int64_t K = batch.size(0);
   (void)N;
   auto x = input.permute({0, 2, 3, 1}).contiguous();
-  auto out = at::zeros({K, C, ph, pw}, input.options());
-  auto argmax = is_max ? at::full({K, C, ph, pw}, -1, input.options().dtype(at::kInt))
-                       : at::empty({0}, input.options().dtype(at::kInt));
+  auto out = at::empty({K, C, ph, pw}, input.options());
+  auto argmax = at::empty({is_max ? K : 0, C, ph, pw}, input.options().dtype(at::kInt));
   if (K == 0 || C == 0) return {out, argmax};
   auto batch_c = batch.contiguous();
   auto gh_c = gh.contiguous();
@@ -106,11 +131,15 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
 
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
       std::vector<Tap<T>> ty, tx;
-      std::vector<T> acc(C);
-      std::vector<int32_t> arg(C);
+      std::vector<T> obuf(ph * pw * C);
+      std::vector<int32_t> abuf(is_max ? ph * pw * C : 0);
       for (int64_t k = begin; k < end; ++k) {
         const int64_t g_h = ghp[k], g_w = gwp[k];
-        if (g_h <= 0 || g_w <= 0) continue;  // no sample: output stays 0
+        if (g_h <= 0 || g_w <= 0) {  // no sample: output 0, no gradient
+          std::fill(op + k * C * ph * pw, op + (k + 1) * C * ph * pw, static_cast<T>(0));
+          if (is_max) std::fill(ap + k * C * ph * pw, ap + (k + 1) * C * ph * pw, -1);
+          continue;
+        }
         axis_taps<T>(syp[k], bhp[k], g_h, ph, H, ty);
         axis_taps<T>(sxp[k], bwp[k], g_w, pw, W, tx);
         const T* base = xp + bp[k] * H * W * C;
@@ -119,8 +148,9 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
         const T count = static_cast<T>(g_h * g_w);
         for (int64_t p_h = 0; p_h < ph; ++p_h) {
           for (int64_t p_w = 0; p_w < pw; ++p_w) {
-            T* accp = acc.data();
-            int32_t* argp = arg.data();
+            const int64_t off = p_h * pw + p_w;
+            T* __restrict__ accp = obuf.data() + off * C;
+            int32_t* __restrict__ argp = is_max ? abuf.data() + off * C : nullptr;
             if (is_max) {
               for (int64_t c = 0; c < C; ++c) {
                 accp[c] = -std::numeric_limits<T>::infinity();
@@ -136,11 +166,7 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
                 const int32_t s = static_cast<int32_t>(iy * g_w + ix);
                 if (!a.valid || !b.valid) {  // the sample reads 0
                   if (is_max) {
-                    for (int64_t c = 0; c < C; ++c) {
-                      const bool gt = static_cast<T>(0) > accp[c];
-                      accp[c] = gt ? static_cast<T>(0) : accp[c];
-                      argp[c] = gt ? s : argp[c];
-                    }
+                    for (int64_t c = 0; c < C; ++c) max_update<T>(accp, argp, c, static_cast<T>(0), s);
                   }
                   continue;
                 }
@@ -151,10 +177,7 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
                 const T* p4 = base + (a.hi * W + b.hi) * C;
                 if (is_max) {
                   for (int64_t c = 0; c < C; ++c) {
-                    const T v = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c];
-                    const bool gt = v > accp[c];
-                    accp[c] = gt ? v : accp[c];
-                    argp[c] = gt ? s : argp[c];
+                    max_update<T>(accp, argp, c, w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c], s);
                   }
                 } else {
                   for (int64_t c = 0; c < C; ++c) {
@@ -163,17 +186,13 @@ std::tuple<at::Tensor, at::Tensor> sample_forward(
                 }
               }
             }
-            const int64_t off = p_h * pw + p_w;
-            if (is_max) {
-              for (int64_t c = 0; c < C; ++c) {
-                o[c * ph * pw + off] = accp[c];
-                a_out[c * ph * pw + off] = argp[c];
-              }
-            } else {
-              for (int64_t c = 0; c < C; ++c) o[c * ph * pw + off] = accp[c] / count;
+            if (!is_max) {
+              for (int64_t c = 0; c < C; ++c) accp[c] = accp[c] / count;
             }
           }
         }
+        transpose_to<T>(obuf.data(), o, ph * pw, C);
+        if (is_max) transpose_to<int32_t>(abuf.data(), a_out, ph * pw, C);
       }
     });
   });
@@ -295,8 +314,8 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(
   const int64_t K = batch.size(0);
   const int64_t ph = hs.size(1), pw = ws.size(1);
   auto x = input.permute({0, 2, 3, 1}).contiguous();
-  auto out = at::zeros({K, C, ph, pw}, input.options());
-  auto argmax = at::full({K, C, ph, pw}, -1, input.options().dtype(at::kInt));
+  auto out = at::empty({K, C, ph, pw}, input.options());
+  auto argmax = at::empty({K, C, ph, pw}, input.options().dtype(at::kInt));
   if (K == 0 || C == 0) return {out, argmax};
   auto batch_c = batch.contiguous(), hs_c = hs.contiguous(), he_c = he.contiguous();
   auto ws_c = ws.contiguous(), we_c = we.contiguous();
@@ -312,40 +331,33 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(
     T* op = out.data_ptr<T>();
     int32_t* ap = argmax.data_ptr<int32_t>();
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> acc(C);
-      std::vector<int32_t> arg(C);
+      std::vector<T> obuf(ph * pw * C);
+      std::vector<int32_t> abuf(ph * pw * C);
       for (int64_t k = begin; k < end; ++k) {
         const T* base = xp + bp[k] * H * W * C;
         for (int64_t p_h = 0; p_h < ph; ++p_h) {
           const int64_t h0 = hsp[k * ph + p_h], h1 = hep[k * ph + p_h];
           for (int64_t p_w = 0; p_w < pw; ++p_w) {
             const int64_t w0 = wsp[k * pw + p_w], w1 = wep[k * pw + p_w];
-            if (h1 <= h0 || w1 <= w0) continue;  // empty bin: 0, no gradient
-            T* accp = acc.data();
-            int32_t* argp = arg.data();
+            T* __restrict__ accp = obuf.data() + (p_h * pw + p_w) * C;
+            int32_t* __restrict__ argp = abuf.data() + (p_h * pw + p_w) * C;
+            const bool empty = h1 <= h0 || w1 <= w0;  // empty bin: 0, no gradient
             for (int64_t c = 0; c < C; ++c) {
-              accp[c] = static_cast<T>(-FLT_MAX);  // torchvision's initial running max
+              accp[c] = empty ? static_cast<T>(0) : static_cast<T>(-FLT_MAX);  // torchvision's initial max
               argp[c] = -1;
             }
+            if (empty) continue;
             for (int64_t h = h0; h < h1; ++h) {
               for (int64_t w = w0; w < w1; ++w) {
                 const T* p = base + (h * W + w) * C;
                 const int32_t idx = static_cast<int32_t>(h * W + w);
-                for (int64_t c = 0; c < C; ++c) {
-                  const bool gt = p[c] > accp[c];
-                  accp[c] = gt ? p[c] : accp[c];
-                  argp[c] = gt ? idx : argp[c];
-                }
+                for (int64_t c = 0; c < C; ++c) max_update<T>(accp, argp, c, p[c], idx);
               }
-            }
-            T* o = op + k * C * ph * pw + p_h * pw + p_w;
-            int32_t* a = ap + k * C * ph * pw + p_h * pw + p_w;
-            for (int64_t c = 0; c < C; ++c) {
-              o[c * ph * pw] = accp[c];
-              a[c * ph * pw] = argp[c];
             }
           }
         }
+        transpose_to<T>(obuf.data(), op + k * C * ph * pw, ph * pw, C);
+        transpose_to<int32_t>(abuf.data(), ap + k * C * ph * pw, ph * pw, C);
       }
     });
   });
