@@ -34,6 +34,15 @@ def setup(args):
     return cfg
 
 
+def check_weights_exist(weights):
+    # detectron2 would silently evaluate a randomly initialised model when the file is missing.
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"--eval-only: MODEL.WEIGHTS file {weights!r} does not exist; pass the checkpoint to evaluate, "
+            "e.g. MODEL.WEIGHTS <OUTPUT_DIR>/model_final.pth"
+        )
+
+
 def write_results(cfg, results):
     if comm.is_main_process():
         with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as f:
@@ -43,6 +52,7 @@ def write_results(cfg, results):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_weights_exist(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
@@ -50,8 +60,11 @@ def main(args):
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    results = trainer.train()
-    write_results(cfg, results)
+    trainer.train()
+    # DefaultTrainer.train() returns the final evaluation only when TEST.EXPECTED_RESULTS is set.
+    results = getattr(trainer, "_last_eval_results", None)
+    if results is not None:
+        write_results(cfg, results)
     return results
 
 

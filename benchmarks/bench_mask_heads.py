@@ -161,9 +161,9 @@ def main(argv=None):
         "\n- The MLP's size is dominated by the flatten -> fc1 weight (256*14*14 x 1024 = 51.4M) and the"
         " predictor (1024 x K*28*28), so it grows with K far faster than the FCN, whose only K-dependent layer"
         " is the 1x1 predictor (256*K). The FCN's cost is the four 3x3 convs at 14x14, independent of K."
-        "\n- The paper (Table 2e) prefers the FCN for accuracy (about +2 mask AP over both MLPs), not speed;"
-        " on this CPU at batch 100 the convs make it the slower head, while the MLP is bound by reading its"
-        " weights."
+        "\n- The paper (Table 2e) prefers the FCN for accuracy (about +2 mask AP over both MLPs), not for speed:"
+        " on this CPU, with 100 RoIs per forward, its larger number of multiply-accumulates makes it the slower"
+        " head, while the MLP costs far more memory."
     )
     print(table)
     print(reading)
