@@ -35,7 +35,7 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, Base
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from .config import MASK_LOSSES
+from .config import MASK_LOSSES, with_plugin_defaults
 
 __all__ = [
     "MaskRCNNPluginBaseHead",
@@ -245,6 +245,7 @@ class MaskRCNNPluginBaseHead(BaseMaskRCNNHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
+        cfg = with_plugin_defaults(cfg)  # a stock detectron2 config that only names our head
         ret.update(
             num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             loss=cfg.MODEL.ROI_MASK_HEAD.LOSS,
@@ -398,7 +399,7 @@ class MaskRCNNMLPHead(MaskRCNNPluginBaseHead):
         side = _roi_feature_resolution(cfg, input_shape)
         ret.update(
             input_shape=ShapeSpec(channels=input_shape.channels, height=side, width=side),
-            fc_dims=list(cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS),
+            fc_dims=list(with_plugin_defaults(cfg).MODEL.ROI_MASK_HEAD.MLP_DIMS),
             mask_size=2 * side,
         )
         return ret

@@ -151,3 +151,12 @@ def test_every_method_trains_a_step_on_c5(method, agg):
     assert torch.isfinite(total)
     pooled_grad = [p.grad for p in model.roi_heads.box_head.parameters() if p.grad is not None]
     assert pooled_grad and all(torch.isfinite(g).all() for g in pooled_grad)
+
+
+@pytest.mark.parametrize("head", ["MaskRCNNFCNHead", "MaskRCNNMLPHead"])
+def test_stock_config_builds_our_mask_heads_by_name_only(head):
+    cfg = tiny_cfg(plugin_keys=False)
+    cfg.MODEL.ROI_MASK_HEAD.NAME = head
+    model = build_model(cfg)
+    assert type(model.roi_heads.mask_head).__name__ == head
+    assert model.roi_heads.mask_head.loss == "sigmoid"
