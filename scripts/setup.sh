@@ -48,4 +48,8 @@ fi
 
 echo "[setup] installing maskrcnn_plugin (editable)"
 "${pip[@]}" install --no-build-isolation --no-deps -e .
+# Compile the C++ RoI kernels now (torch.utils.cpp_extension + ninja) rather than on first use; if that
+# fails the operators fall back to their pure-PyTorch path, so a warning is enough here.
+"${pip[@]}" install ninja
+"$py" -m maskrcnn_plugin.layers._ext || echo "[setup] WARNING: C++ RoI kernels not built; the pure-PyTorch path will be used"
 "$py" -c "import detectron2.modeling, maskrcnn_plugin; print('[setup] ok: detectron2', detectron2.__version__)"
