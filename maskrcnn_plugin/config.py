@@ -31,7 +31,8 @@ def add_maskrcnn_plugin_config(cfg):
     # Bilinear samples per bin side for RoIWarp/RoIAlign; the paper uses 2 (4 points per bin); 0 = adaptive
     # ceil(roi_size / output_size) as in detectron2/torchvision.
     cfg.MODEL.ROI_EXTRACTOR.SAMPLING_RATIO = 2
-    # Half-pixel shift of the box before sampling (detectron2's ROIAlignV2). The paper's RoIAlign is False.
+    # Half-pixel shift before bilinear sampling: RoIAlign = detectron2's ROIAlignV2 (the paper's is False);
+    # RoIWarp samples the snapped cells' own area (False: legacy pixel model, biased by half a cell).
     cfg.MODEL.ROI_EXTRACTOR.ALIGNED = True
 
     # ---- Mask branch (Section 3 "Mask Representation", L_mask; Table 2b, 2e) ---------------------------

@@ -16,7 +16,7 @@ def build_roi_extractor(method, aggregation, output_size, spatial_scale, samplin
     if method == "RoIPool":
         return RoIPool(output_size, spatial_scale)
     if method == "RoIWarp":
-        return RoIWarp(output_size, spatial_scale, sampling_ratio, aggregation=aggregation)
+        return RoIWarp(output_size, spatial_scale, sampling_ratio, aggregation=aggregation, aligned=aligned)
     if method == "RoIAlign":
         return RoIAlign(output_size, spatial_scale, sampling_ratio, aggregation=aggregation, aligned=aligned)
     raise ValueError(f"Unknown RoI extraction method {method!r}; valid: 'RoIPool', 'RoIWarp', 'RoIAlign'.")

@@ -118,6 +118,7 @@ def test_stock_zoo_config_uses_our_heads_by_name_only():
     # Another project: stock get_cfg() without our keys, only the head's name; defaults apply.
     cfg = tiny_cfg("COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x.yaml", plugin_keys=False)
     cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = (32, 32)  # the 8 x 512 default is slow and irrelevant here
     cfg.MODEL.ROI_HEADS.NAME = "AblationStandardROIHeads"
     model = build_model(cfg)
     heads = model.roi_heads
@@ -127,31 +128,53 @@ def test_stock_zoo_config_uses_our_heads_by_name_only():
     assert out[0]["instances"].has("pred_keypoints") and out[0]["instances"].has("pred_masks")
 
 
-@pytest.mark.parametrize("method,agg", [("RoIPool", "max"), ("RoIWarp", "max"), ("RoIWarp", "avg"), ("RoIAlign", "max")])
-def test_every_method_trains_a_step_on_c5(method, agg):
-    cfg = tiny_cfg("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
-    cfg.merge_from_file("configs/shapes/mask_rcnn_R18_C5_shapes.yaml")
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_EXTRACTOR.METHOD = method
-    cfg.MODEL.ROI_EXTRACTOR.AGGREGATION = agg
-    model = build_model(cfg).train()
+def _train_one_step(cfg):
     from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
 
+    model = build_model(cfg).train()
     masks = torch.zeros(2, 96, 128, dtype=torch.bool)
     masks[0, 10:60, 20:90] = True
     masks[1, 40:90, 60:120] = True
     inst = Instances((96, 128), gt_boxes=Boxes(torch.tensor([[20.0, 10, 90, 60], [60, 40, 120, 90]])),
                      gt_classes=torch.tensor([0, 2]), gt_masks=BitMasks(masks))
-    from detectron2.utils.events import EventStorage
-
     with EventStorage(0):
         losses = model([{"image": torch.rand(3, 96, 128) * 255, "instances": inst}])
     total = sum(losses.values())
     total.backward()
-    assert torch.isfinite(total)
-    pooled_grad = [p.grad for p in model.roi_heads.box_head.parameters() if p.grad is not None]
-    assert pooled_grad and all(torch.isfinite(g).all() for g in pooled_grad)
+    assert torch.isfinite(total) and losses["loss_mask"] > 0
+    return model
 
+
+@pytest.mark.parametrize("method,agg", [("RoIPool", "max"), ("RoIWarp", "max"), ("RoIWarp", "avg"), ("RoIAlign", "max")])
+def test_every_method_trains_a_step_on_c5(method, agg):
+    cfg = tiny_cfg("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    cfg.merge_from_file("configs/shapes/mask_rcnn_R18_C5_shapes.yaml")
+    cfg.MODEL.ROI_EXTRACTOR.METHOD = method
+    cfg.MODEL.ROI_EXTRACTOR.AGGREGATION = agg
+    model = _train_one_step(cfg)
+    grads = [p.grad for p in model.roi_heads.box_head.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("head", ["MaskRCNNFCNHead", "MaskRCNNMLPHead"])
+@pytest.mark.parametrize("loss", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("heads", ["AblationStandardROIHeads", "AblationRes5ROIHeads"])
+def test_our_mask_heads_and_losses_train_under_our_roi_heads(head, loss, heads):
+    if heads == "AblationStandardROIHeads":
+        cfg = tiny_cfg()
+    else:
+        cfg = tiny_cfg("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml")
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS = [64]
+    cfg.MODEL.ROI_HEADS.NAME = heads
+    cfg.MODEL.ROI_MASK_HEAD.NAME = head
+    cfg.MODEL.ROI_MASK_HEAD.LOSS = loss
+    cfg.MODEL.ROI_EXTRACTOR.METHOD = "RoIPool"
+    cfg.MODEL.ROI_EXTRACTOR.AGGREGATION = "max"
+    model = _train_one_step(cfg)
+    assert type(model.roi_heads.mask_head).__name__ == head
 
 @pytest.mark.parametrize("head", ["MaskRCNNFCNHead", "MaskRCNNMLPHead"])
 def test_stock_config_builds_our_mask_heads_by_name_only(head):

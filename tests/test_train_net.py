@@ -71,3 +71,22 @@ def test_default_cpu_model_full_run(tmp_path):
     train_net("--config-file", DEFAULT_CONFIG, "OUTPUT_DIR", str(tmp_path / "out"), timeout=3600)
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["segm"]["AP"] > 10 and results["bbox"]["AP"] > 10
+
+
+@pytest.mark.parametrize("content", [b"", b"not a png at all", None])
+def test_corrupt_or_missing_image_error_names_the_file(tmp_path, content):
+    from detectron2.config import get_cfg
+
+    import maskrcnn_plugin
+    from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
+
+    cfg = get_cfg()
+    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg.merge_from_file(DEFAULT_CONFIG)
+    path = tmp_path / "broken.png"
+    if content is not None:
+        path.write_bytes(content)
+    mapper = CheckedDatasetMapper(cfg, is_train=True)
+    with pytest.raises(OSError) as e:
+        mapper({"file_name": str(path), "image_id": 7, "height": 64, "width": 64, "annotations": []})
+    assert str(path) in str(e.value) and "image_id=7" in str(e.value)

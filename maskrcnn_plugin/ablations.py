@@ -1,0 +1,894 @@
+"""Ablation runner: reproduces the Mask R-CNN paper's Table 2a-e with this plugin's components.
+
+    python train_net.py --ablation 2c [--scale cpu|coco] [--seeds 0 1 2] [--eval-only] [config opts...]
+    python train_net.py --ablation all            # every table of the scale
+    python train_net.py --ablation report         # only rebuild docs/ablations.md from the stored results
+
+Each arm of a table is an ordinary detectron2 config, ``configs/ablations/<scale>/<table>/<arm>.yaml``
+(runnable alone with ``--config-file``); the arms of a table share their bases and differ only in the ablated
+component. For every arm and seed the runner starts ``train_net.py --config-file <arm> --resume SEED <s>
+OUTPUT_DIR <dir> [opts]`` as a subprocess (a crash of one arm does not stop the suite; a killed arm resumes
+from its last checkpoint), then stores the final bbox/segm metrics, the AP at each IoU threshold 0.50:0.05:0.95
+(recomputed with pycocotools from the arm's ``coco_instances_results.json``), the wall time, the commit and the
+command in ``results/ablations/<scale>/<table>/<arm>/seed<s>.json``. An arm+seed whose results file exists is
+skipped. ``--eval-only`` re-evaluates the existing checkpoints (``<dir>/model_final.pth``) without training.
+Finally the report ``docs/ablations.md`` (paper vs. ours, gains with standard errors, commands, wall times),
+the json summary ``results/ablations/summary.json`` and, for Table 2c/2d, the AP-vs-IoU plots
+``docs/images/ablation_<table>[_<scale>]_ap_vs_iou.png`` are regenerated from all stored results.
+
+Adding a table (e.g. Table 5, keypoints) = its arm configs + an `AblationTable` entry in `TABLES` (+ its paper
+numbers in `paper_tables.py`).
+"""
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .paper_tables import PAPER_SOURCE, PAPER_TABLES, paper_value
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+CONFIGS_ROOT = os.path.join(REPO_ROOT, "configs", "ablations")
+RESULTS_ROOT = os.path.join(REPO_ROOT, "results", "ablations")
+OUTPUT_ROOT = os.path.join(REPO_ROOT, "output", "ablations")
+DOCS_DIR = os.path.join(REPO_ROOT, "docs")
+
+SCALES = ("cpu", "coco")
+DEFAULT_SEEDS = (0, 1, 2)
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+# metric name -> (COCOEvaluator task, key in its results)
+METRIC_SOURCES = {
+    "AP": ("segm", "AP"), "AP50": ("segm", "AP50"), "AP75": ("segm", "AP75"),
+    "box_AP": ("bbox", "AP"), "box_AP50": ("bbox", "AP50"), "box_AP75": ("bbox", "AP75"),
+}
+METRIC_LABELS = {"AP": "mask AP", "AP50": "mask AP50", "AP75": "mask AP75",
+                 "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Table definitions
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    name: str  # file stem of configs/ablations/<scale>/<table>/<name>.yaml and results dir name
+    label: str  # what the report calls it
+    paper_row: Optional[str]  # row of PAPER_TABLES[table.paper_table] it reproduces (None: no paper number)
+
+
+@dataclass
+class AblationTable:
+    key: str
+    title: str
+    arms: Dict[str, List[Arm]]  # scale -> arms, baseline included
+    baseline: Dict[str, str]  # scale -> arm name the gains are measured against
+    # scale -> config keys (or key prefixes ending with ".") the arms may differ in; tests check this.
+    ablated_keys: Dict[str, Tuple[str, ...]]
+    metrics: Tuple[str, ...] = ("AP", "AP50", "AP75")
+    plot_iou: bool = False
+    notes: Dict[str, str] = field(default_factory=dict)  # scale -> how the setup differs from the paper
+    paper_table: Optional[str] = None  # key into PAPER_TABLES (default: key)
+
+    def arms_for(self, scale):
+        if scale not in self.arms:
+            raise ValueError(f"Table {self.key} has no {scale!r} scale (has {sorted(self.arms)})")
+        return self.arms[scale]
+
+    @property
+    def paper_key(self):
+        return self.paper_table or self.key
+
+
+_EXTRACTOR = ("MODEL.ROI_EXTRACTOR.",)
+_BACKBONE_KEYS = (
+    "MODEL.BACKBONE.", "MODEL.RESNETS.", "MODEL.FPN.", "MODEL.ANCHOR_GENERATOR.", "MODEL.RPN.",
+    "MODEL.ROI_HEADS.", "MODEL.ROI_BOX_HEAD.", "MODEL.ROI_MASK_HEAD.", "MODEL.WEIGHTS", "MODEL.PIXEL_STD",
+    "MODEL.PIXEL_MEAN",
+)
+
+CPU_COMMON_NOTE = (
+    "CPU scale: the generated shapes dataset (shapes_train: 1000 images, evaluated on shapes_val: 200 images, "
+    "256 px, 5 classes) instead of COCO (80 classes, 800 px); ResNet-18/34 with trainable BN from random "
+    "initialisation (no ImageNet weights can be downloaded here) instead of ImageNet-initialised ResNet-50/101 "
+    "with frozen BN; 4 images per batch, lr 0.02 with 100 warm-up iterations and a short schedule (see the "
+    "table's base config) instead of 16 images x 160k iterations; 128 sampled RoIs per image for every model "
+    "(paper: 64 for C4, 512 for FPN) and 500 / 250 RPN proposals in training / test; light heads (2 fc of 512 "
+    "for boxes, 4 convs of 128 for masks). All arms of a table share the data, schedule and seeds; only the "
+    "ablated component differs, so the gains (not the absolute APs) are what compares with the paper."
+)
+
+TABLES: Dict[str, AblationTable] = {}
+
+
+def register_table(table: AblationTable):
+    TABLES[table.key] = table
+    return table
+
+
+register_table(AblationTable(
+    key="2a",
+    title="Backbone architecture",
+    arms={
+        "cpu": [
+            Arm("r18_s16", "R-18, stride-16 map (C4 stand-in)", "ResNet-50-C4"),
+            Arm("r34_s16", "R-34, stride-16 map (C4 stand-in)", "ResNet-101-C4"),
+            Arm("r18_fpn", "R-18-FPN", "ResNet-50-FPN"),
+            Arm("r34_fpn", "R-34-FPN", "ResNet-101-FPN"),
+        ],
+        "coco": [
+            Arm("r50_c4", "ResNet-50-C4", "ResNet-50-C4"),
+            Arm("r101_c4", "ResNet-101-C4", "ResNet-101-C4"),
+            Arm("r50_fpn", "ResNet-50-FPN", "ResNet-50-FPN"),
+            Arm("r101_fpn", "ResNet-101-FPN", "ResNet-101-FPN"),
+            Arm("x101_fpn", "ResNeXt-101-32x8d-FPN", "ResNeXt-101-FPN"),
+        ],
+    },
+    baseline={"cpu": "r18_s16", "coco": "r50_c4"},
+    ablated_keys={"cpu": _BACKBONE_KEYS, "coco": _BACKBONE_KEYS + ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR")},
+    notes={
+        "cpu": "Depth R-18 / R-34 stands for the paper's R-50 / R-101 (deeper from-scratch ResNets do not fit "
+               "the 15-minute budget), and the stride-16 single map with light heads (see Table 2c) for the C4 "
+               "model. The paper's C4 model predicts 14x14 masks and FPN 28x28; here both predict 28x28. There "
+               "is no ResNeXt arm.",
+        "coco": "ResNeXt-101 is the 32x8d model (detectron2's published ImageNet weights); following the paper "
+                "it trains with 1 image per GPU (8 per batch) and lr 0.01 for the same 160k iterations.",
+    },
+))
+
+register_table(AblationTable(
+    key="2b",
+    title="Multinomial vs. independent masks",
+    arms={
+        "cpu": [
+            Arm("softmax", "softmax (classes compete)", "softmax"),
+            Arm("sigmoid", "sigmoid (per class, decoupled)", "sigmoid"),
+            Arm("sigmoid_agnostic", "sigmoid, class-agnostic mask", "class-agnostic"),
+        ],
+    },
+    baseline={"cpu": "softmax"},
+    ablated_keys={"cpu": ("MODEL.ROI_MASK_HEAD.LOSS", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK")},
+    notes={
+        "cpu": "R-18 stride-16 single map with light heads (the C4 stand-in of Table 2c) instead of R-50-C4. "
+               "With 5 classes (paper: 80) fewer masks compete in the softmax, so a smaller gap than the "
+               "paper's is expected.",
+    },
+))
+
+register_table(AblationTable(
+    key="2c",
+    title="RoI feature extraction at stride 16",
+    arms={
+        "cpu": [
+            Arm("roipool", "RoIPool (max)", "RoIPool (max)"),
+            Arm("roiwarp_max", "RoIWarp (max)", "RoIWarp (max)"),
+            Arm("roiwarp_avg", "RoIWarp (avg)", "RoIWarp (avg)"),
+            Arm("roialign_max", "RoIAlign (max)", "RoIAlign (max)"),
+            Arm("roialign_avg", "RoIAlign (avg)", "RoIAlign (avg)"),
+        ],
+    },
+    baseline={"cpu": "roipool"},
+    ablated_keys={"cpu": _EXTRACTOR},
+    plot_iou=True,
+    notes={
+        "cpu": "The paper's R-50-C4 runs the res5 stage on every 14x14 RoI feature, ~16 s per iteration on "
+               "2 CPU cores; here R-18's res4 output (stride 16, the same stride) feeds the RPN and light box "
+               "(7x7 RoI features, 2 fc) and mask (14x14 RoI features, 4 convs, deconv, 28x28 masks) heads, so "
+               "the RoI extraction still happens on a stride-16 map as in the paper. Box and mask branches "
+               "both use the ablated extractor. Bilinear methods sample 2x2 points per bin (the paper's 4) "
+               "with detectron2's half-pixel convention (ALIGNED: True) for both RoIWarp and RoIAlign, so the "
+               "two differ only by the box quantization.",
+    },
+))
+
+register_table(AblationTable(
+    key="2d",
+    title="RoIAlign with a large stride (C5, stride 32): mask and box AP",
+    arms={
+        "cpu": [Arm("roipool", "RoIPool", "RoIPool"), Arm("roialign", "RoIAlign", "RoIAlign")],
+        "coco": [Arm("roipool", "RoIPool", "RoIPool"), Arm("roialign", "RoIAlign", "RoIAlign")],
+    },
+    baseline={"cpu": "roipool", "coco": "roipool"},
+    ablated_keys={"cpu": _EXTRACTOR, "coco": _EXTRACTOR},
+    metrics=("AP", "AP50", "AP75", "box_AP", "box_AP50", "box_AP75"),
+    plot_iou=True,
+    notes={
+        "cpu": "R-18-C5 (res5 output, stride 32) instead of R-50-C5, with the same light heads as the other "
+               "CPU models (2 fc of 512 for boxes on 7x7 RoI features; 4 convs of 128 + deconv for masks on "
+               "14x14 RoI features).",
+    },
+))
+
+register_table(AblationTable(
+    key="2e",
+    title="Mask branch: MLP vs. FCN",
+    arms={
+        "cpu": [
+            Arm("mlp_2fc", "MLP, fc 1024-1024", "MLP (fc 1024-1024)"),
+            Arm("mlp_3fc", "MLP, fc 1024-1024-1024", "MLP (fc 1024-1024-1024)"),
+            Arm("fcn", "FCN, 4 conv 128", "FCN (4 conv 256)"),
+        ],
+    },
+    baseline={"cpu": "mlp_2fc"},
+    ablated_keys={"cpu": ("MODEL.ROI_MASK_HEAD.NAME", "MODEL.ROI_MASK_HEAD.MLP_DIMS")},
+    notes={
+        "cpu": "R-18-FPN with 128 FPN channels (paper: R-50-FPN, 256): the MLP heads keep the paper's 1024-wide "
+               "fc layers on the 128x14x14 RoI feature, the FCN head has 4 convs of 128 channels (paper 256).",
+    },
+))
+
+# 2b, 2c and 2e have the same COCO-scale arms as on the CPU.
+for _key in ("2b", "2c", "2e"):
+    _t = TABLES[_key]
+    _t.arms["coco"] = list(_t.arms["cpu"])
+    _t.baseline["coco"] = _t.baseline["cpu"]
+    _t.ablated_keys["coco"] = _t.ablated_keys["cpu"]
+TABLES["2e"].arms["coco"][2] = Arm("fcn", "FCN, 4 conv 256", "FCN (4 conv 256)")
+
+COCO_COMMON_NOTE = (
+    "COCO scale: the paper's settings (trained on coco_2017_train, which equals the paper's trainval35k up to "
+    "a few images, and evaluated on coco_2017_val = minival; 800 px; 16 images per batch; 160k iterations, "
+    "lr 0.02 divided by 10 at 120k; ImageNet-initialised ResNet with frozen BN; 64 RoIs per image for C4, 512 "
+    "for FPN/C5; 14x14 masks for C4, 28x28 for FPN/C5). detectron2's half-pixel RoI convention is used for "
+    "RoIWarp and RoIAlign (ALIGNED: True)."
+)
+
+
+def get_table(key):
+    key = str(key)
+    key = key[len("table"):] if key.lower().startswith("table") else key
+    if key not in TABLES:
+        raise KeyError(f"Unknown ablation table {key!r}; known: {', '.join(sorted(TABLES))}")
+    return TABLES[key]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Paths
+# ------------------------------------------------------------------------------------------------------------
+def arm_config_path(table, scale, arm, configs_root=CONFIGS_ROOT):
+    return os.path.join(configs_root, scale, table, f"{arm}.yaml")
+
+
+def result_path(table, scale, arm, seed, results_root=RESULTS_ROOT):
+    return os.path.join(results_root, scale, table, arm, f"seed{seed}.json")
+
+
+def arm_output_dir(table, scale, arm, seed, output_root=OUTPUT_ROOT):
+    return os.path.join(output_root, scale, table, arm, f"seed{seed}")
+
+
+def _rel(path):
+    """`path` relative to the repository when it lies inside it (for commands recorded in results)."""
+    path = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(path, REPO_ROOT)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _display_command(argv):
+    out = []
+    for a in argv:
+        a = str(a)
+        if a == sys.executable:
+            a = "python"
+        elif os.path.isabs(a):
+            a = _rel(a)
+        out.append(a)
+    return " ".join(shlex.quote(a) for a in out)
+
+
+def git_commit():
+    """(commit sha, dirty) of the repository; (None, None) outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=30).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=30).stdout.strip() != ""
+        return sha, (dirty if sha else None)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-IoU-threshold AP (pycocotools)
+# ------------------------------------------------------------------------------------------------------------
+def ap_per_iou(gt_json, predictions, iou_type="segm"):
+    """AP (percent, like detectron2) at each IoU threshold 0.50:0.05:0.95, from COCOeval's precision array.
+
+    Args:
+        gt_json: path of a COCO instances json (or a pycocotools COCO object).
+        predictions: path of a COCO results json (detectron2's coco_instances_results.json) or its list.
+        iou_type: "segm" or "bbox".
+    Returns:
+        list of 10 floats; AP averages precision over the 101 recall points and the categories present
+        (area "all", 100 detections), exactly as COCOeval.summarize(), so their mean equals COCOeval's AP.
+        No predictions -> all zeros.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(predictions, (str, os.PathLike)):
+        with open(predictions) as f:
+            predictions = json.load(f)
+    if not predictions:
+        return [0.0] * len(IOU_THRESHOLDS)
+    if iou_type == "bbox":  # loadRes derives boxes from masks when both exist; keep boxes as predicted
+        predictions = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = gt_json if hasattr(gt_json, "loadRes") else COCO(gt_json)
+        coco_dt = coco_gt.loadRes(predictions)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+    assert np.allclose(ev.params.iouThrs, IOU_THRESHOLDS)
+    precision = ev.eval["precision"]  # (T iou, R recall, K class, A area, M maxdets)
+    area_all = list(ev.params.areaRngLbl).index("all")
+    out = []
+    for t in range(precision.shape[0]):
+        p = precision[t, :, :, area_all, -1]
+        p = p[p > -1]
+        out.append(float(np.mean(p)) * 100 if p.size else float("nan"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running arms
+# ------------------------------------------------------------------------------------------------------------
+def run_command(argv, log_path):
+    """Run one arm's train_net.py subprocess with stdout+stderr in `log_path`; returns its exit status."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {datetime.datetime.now().isoformat(timespec='seconds')}: {_display_command(argv)}\n")
+        log.flush()
+        return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+
+
+def load_arm_cfg(config_file, opts=()):
+    """The arm's full config (plugin keys + yaml + opts), not frozen."""
+    from detectron2.config import get_cfg
+
+    from .config import add_maskrcnn_plugin_config
+
+    cfg = get_cfg()
+    add_maskrcnn_plugin_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def collect_metrics(cfg, output_dir):
+    """Final metrics of a finished run: eval_results.json + per-IoU AP per task for the first test dataset."""
+    from detectron2.data import MetadataCatalog
+
+    from .data import prepare_dataset, register_datasets_from_cfg
+
+    with open(os.path.join(output_dir, "eval_results.json")) as f:
+        results = json.load(f)
+    dataset = cfg.DATASETS.TEST[0]
+    register_datasets_from_cfg(cfg)
+    gt_json = prepare_dataset(dataset) or MetadataCatalog.get(dataset).json_file
+    pred_json = os.path.join(output_dir, "inference", dataset, "coco_instances_results.json")
+    per_iou = {}
+    if os.path.isfile(pred_json):
+        for task in ("bbox", "segm"):
+            if task in results:
+                per_iou[task] = ap_per_iou(gt_json, pred_json, task)
+    return {"dataset": dataset, "metrics": results, "iou_thresholds": list(IOU_THRESHOLDS), "ap_per_iou": per_iou}
+
+
+def _write_json_atomic(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)  # a kill never leaves a half-written file that would count as "completed"
+
+
+def _clean_intermediate_checkpoints(output_dir):
+    for name in os.listdir(output_dir):
+        if name.startswith("model_") and name.endswith(".pth") and name != "model_final.pth":
+            os.remove(os.path.join(output_dir, name))
+
+
+@dataclass
+class ArmOutcome:
+    arm: str
+    seed: int
+    status: str  # "done", "skipped", "failed", "missing" (eval-only without checkpoint or results)
+    result_file: Optional[str] = None
+    log: Optional[str] = None
+
+
+def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, configs_root=CONFIGS_ROOT,
+            results_root=RESULTS_ROOT, output_root=OUTPUT_ROOT, suite_command=None, runner=None, log=print):
+    """Train (or with eval_only re-evaluate) one arm+seed in a subprocess and store its results json."""
+    runner = runner or run_command
+    tab = get_table(table)
+    arm_obj = {a.name: a for a in tab.arms_for(scale)}[arm]
+    config_file = arm_config_path(tab.key, scale, arm, configs_root)
+    res_file = result_path(tab.key, scale, arm, seed, results_root)
+    out_dir = arm_output_dir(tab.key, scale, arm, seed, output_root)
+    tag = f"[{scale} {tab.key}/{arm} seed {seed}]"
+    previous = None
+    if os.path.isfile(res_file):
+        if not eval_only:
+            log(f"{tag} done already ({_rel(res_file)}), skipped")
+            return ArmOutcome(arm, seed, "skipped", res_file)
+        with open(res_file) as f:
+            previous = json.load(f)
+
+    run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
+    argv = [sys.executable, TRAIN_NET]
+    if num_gpus and num_gpus > 1:
+        argv += ["--num-gpus", str(num_gpus)]
+    argv += ["--config-file", config_file]
+    checkpoint = os.path.join(out_dir, "model_final.pth")
+    if eval_only:
+        if not os.path.isfile(checkpoint):
+            if previous is not None:
+                log(f"{tag} no checkpoint {_rel(checkpoint)}; keeping the stored results")
+                return ArmOutcome(arm, seed, "skipped", res_file)
+            log(f"{tag} --eval-only: no checkpoint {_rel(checkpoint)} and no results; missing")
+            return ArmOutcome(arm, seed, "missing")
+        argv += ["--eval-only"]
+        run_opts += ["MODEL.WEIGHTS", checkpoint]
+    else:
+        argv += ["--resume"]  # continue from <OUTPUT_DIR>/last_checkpoint after a kill
+    argv += run_opts
+    log_path = os.path.join(out_dir, "ablation_subprocess.log")
+    resumed = (not eval_only) and os.path.isfile(os.path.join(out_dir, "last_checkpoint"))
+    log(f"{tag} {'evaluating' if eval_only else 'training'}: {_display_command(argv)}")
+    start = time.time()
+    rc = runner(argv, log_path)
+    wall = time.time() - start
+    if rc != 0:
+        log(f"{tag} FAILED (exit {rc}) after {wall / 60:.1f} min; log: {_rel(log_path)}")
+        return ArmOutcome(arm, seed, "failed", log=log_path)
+
+    cfg = load_arm_cfg(config_file, run_opts)
+    collected = collect_metrics(cfg, out_dir)
+    commit, dirty = git_commit()
+    record = {
+        "table": tab.key, "scale": scale, "arm": arm, "label": arm_obj.label, "paper_row": arm_obj.paper_row,
+        "seed": seed, "config": _rel(config_file), "opts": list(opts),
+        "max_iter": int(cfg.SOLVER.MAX_ITER), "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
+        "device": str(cfg.MODEL.DEVICE), "num_gpus": int(num_gpus or 1), "torch_threads": _torch_threads(),
+        **collected,
+        "commit": commit, "dirty": dirty,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    if eval_only:
+        train_info = {k: previous[k] for k in ("wall_s", "command", "suite_command", "resumed")
+                      if previous and k in previous}
+        record.update(train_info)
+        record.update(eval_wall_s=wall, eval_command=_display_command(argv), eval_suite_command=suite_command)
+        if "command" not in record:  # evaluated from a checkpoint trained elsewhere
+            record["command"] = None
+    else:
+        record.update(wall_s=wall, command=_display_command(argv), suite_command=suite_command, resumed=resumed)
+        _clean_intermediate_checkpoints(out_dir)
+    _write_json_atomic(res_file, record)
+    segm = record["metrics"].get("segm", {}).get("AP")
+    bbox = record["metrics"].get("bbox", {}).get("AP")
+    log(f"{tag} done in {wall / 60:.1f} min: mask AP {segm}, box AP {bbox} -> {_rel(res_file)}")
+    return ArmOutcome(arm, seed, "done", res_file, log_path)
+
+
+def _torch_threads():
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def run_table(table, scale="cpu", seeds=DEFAULT_SEEDS, *, eval_only=False, opts=(), num_gpus=1,
+              configs_root=CONFIGS_ROOT, results_root=RESULTS_ROOT, output_root=OUTPUT_ROOT, docs_dir=DOCS_DIR,
+              suite_command=None, runner=None, log=print, report=True):
+    """Run every arm x seed of `table` (seed-major: all arms of seed 0 first, so a partial suite is balanced),
+    then regenerate the report. Returns the list of ArmOutcome."""
+    tab = get_table(table)
+    outcomes = []
+    for seed in seeds:
+        for arm in tab.arms_for(scale):
+            outcomes.append(run_arm(
+                tab.key, scale, arm.name, seed, eval_only=eval_only, opts=opts, num_gpus=num_gpus,
+                configs_root=configs_root, results_root=results_root, output_root=output_root,
+                suite_command=suite_command, runner=runner, log=log,
+            ))
+    if report:
+        write_report(results_root=results_root, docs_dir=docs_dir, log=log)
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Statistics and report
+# ------------------------------------------------------------------------------------------------------------
+def load_results(results_root=RESULTS_ROOT):
+    """{scale: {table: {arm: {seed: record}}}} of every stored results json."""
+    out = {}
+    if not os.path.isdir(results_root):
+        return out
+    for scale in sorted(os.listdir(results_root)):
+        sdir = os.path.join(results_root, scale)
+        if not os.path.isdir(sdir):
+            continue
+        for table in sorted(os.listdir(sdir)):
+            tdir = os.path.join(sdir, table)
+            if not os.path.isdir(tdir):
+                continue
+            for arm in sorted(os.listdir(tdir)):
+                adir = os.path.join(tdir, arm)
+                if not os.path.isdir(adir):
+                    continue
+                for name in sorted(os.listdir(adir)):
+                    if name.startswith("seed") and name.endswith(".json"):
+                        with open(os.path.join(adir, name)) as f:
+                            rec = json.load(f)
+                        out.setdefault(scale, {}).setdefault(table, {}).setdefault(arm, {})[int(rec["seed"])] = rec
+    return out
+
+
+def metric_value(record, metric):
+    task, key = METRIC_SOURCES[metric]
+    v = record.get("metrics", {}).get(task, {}).get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def mean_std(values):
+    """(mean, sample std (ddof=1; 0.0 for one value), n) of the non-None values; (None, None, 0) if none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    arr = np.asarray(vals, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size)
+
+
+def paired_gain(arm_by_seed, base_by_seed):
+    """Gain of an arm over the baseline from the seeds both have: (mean diff, standard error, n).
+
+    Arms trained with the same seed share data order and initialisation of the common parts, so the
+    per-seed differences are paired: SE = std(diff, ddof=1) / sqrt(n); None when n < 2.
+    """
+    seeds = sorted(s for s in arm_by_seed if s in base_by_seed
+                   and arm_by_seed[s] is not None and base_by_seed[s] is not None)
+    if not seeds:
+        return None, None, 0
+    d = np.asarray([arm_by_seed[s] - base_by_seed[s] for s in seeds], dtype=float)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
+    return float(d.mean()), se, int(d.size)
+
+
+def summarize_table(tab, scale, arm_results):
+    """Statistics of one table at one scale: per arm and metric the paper value, our mean/std, both gains."""
+    paper_base_row = {a.name: a for a in tab.arms_for(scale)}[tab.baseline[scale]].paper_row
+    base = arm_results.get(tab.baseline[scale], {})
+    arms = []
+    for arm in tab.arms_for(scale):
+        recs = arm_results.get(arm.name, {})
+        entry = {"arm": arm.name, "label": arm.label, "paper_row": arm.paper_row, "seeds": sorted(recs),
+                 "is_baseline": arm.name == tab.baseline[scale], "metrics": {}}
+        for m in tab.metrics:
+            by_seed = {s: metric_value(r, m) for s, r in recs.items()}
+            base_by_seed = {s: metric_value(r, m) for s, r in base.items()}
+            mean, std, n = mean_std(by_seed.values())
+            p = paper_value(tab.paper_key, arm.paper_row, m)
+            pb = paper_value(tab.paper_key, paper_base_row, m)
+            gain, se, n_pairs = (None, None, 0) if entry["is_baseline"] else paired_gain(by_seed, base_by_seed)
+            entry["metrics"][m] = {
+                "paper": p, "mean": mean, "std": std, "n": n,
+                "paper_gain": None if (entry["is_baseline"] or p is None or pb is None) else round(p - pb, 2),
+                "gain": gain, "gain_se": se, "gain_n": n_pairs,
+                "gain_gt_2se": None if (gain is None or se is None) else bool(gain > 2 * se),
+            }
+        walls = [r.get("wall_s") for r in recs.values() if r.get("wall_s") is not None]
+        entry["wall_min"] = mean_std([w / 60 for w in walls])[:2] if walls else (None, None)
+        entry["commits"] = sorted({(r.get("commit") or "?")[:10] + ("+dirty" if r.get("dirty") else "")
+                                   for r in recs.values()})
+        entry["opts"] = sorted({" ".join(r.get("opts") or []) for r in recs.values()})
+        entry["max_iter"] = sorted({r.get("max_iter") for r in recs.values() if r.get("max_iter") is not None})
+        entry["commands"] = {s: r.get("command") for s, r in sorted(recs.items())}
+        entry["suite_commands"] = sorted({r.get("suite_command") for r in recs.values() if r.get("suite_command")})
+        per_iou = {}
+        for task in ("segm", "bbox"):
+            curves = [r["ap_per_iou"][task] for r in recs.values() if task in r.get("ap_per_iou", {})]
+            if curves:
+                arr = np.asarray(curves, dtype=float)
+                per_iou[task] = {"mean": arr.mean(0).tolist(),
+                                 "std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])).tolist(),
+                                 "n": len(arr)}
+        entry["ap_per_iou"] = per_iou
+        arms.append(entry)
+    return {"table": tab.key, "scale": scale, "title": tab.title, "baseline": tab.baseline[scale],
+            "metrics": list(tab.metrics), "arms": arms,
+            "min_seeds": min((len(a["seeds"]) for a in arms), default=0),
+            "max_seeds": max((len(a["seeds"]) for a in arms), default=0)}
+
+
+def _fmt(v, signed=False, nd=1):
+    if v is None:
+        return "—"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def plot_ap_vs_iou(summary, path):
+    """AP against IoU threshold per arm (mean over seeds, ±1 std band); mask and, for 2d, box AP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ("segm", "bbox") if any(t in a["ap_per_iou"] for a in summary["arms"])]
+    if "box_AP" not in summary["metrics"]:
+        tasks = [t for t in tasks if t == "segm"]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    x = np.asarray(IOU_THRESHOLDS)
+    for ax, task in zip(axes[0], tasks):
+        for a in summary["arms"]:
+            c = a["ap_per_iou"].get(task)
+            if not c:
+                continue
+            mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
+            line, = ax.plot(x, mean, marker="o", ms=3, label=f"{a['label']} (n={c['n']})")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel(f"{'mask' if task == 'segm' else 'box'} AP (%)")
+        ax.set_xticks(x[::2])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Table {summary['table']} ({summary['scale']} scale): {summary['title']}\n"
+                 "mean over seeds, band = ±1 std", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_path(table, scale, docs_dir=DOCS_DIR):
+    suffix = "" if scale == "cpu" else f"_{scale}"
+    return os.path.join(docs_dir, "images", f"ablation_{table}{suffix}_ap_vs_iou.png")
+
+
+def _schedule_line(tab, scale, configs_root):
+    """Schedule of the table's baseline arm config (the same for all arms of the table)."""
+    path = arm_config_path(tab.key, scale, tab.baseline[scale], configs_root)
+    if not os.path.isfile(path):
+        return None
+    try:
+        cfg = load_arm_cfg(path)
+    except Exception as e:  # a broken config should not stop the report
+        return f"(could not read {_rel(path)}: {e})"
+    s = cfg.SOLVER
+    return (f"{s.MAX_ITER} iterations x {s.IMS_PER_BATCH} images, lr {s.BASE_LR} (x0.1 at {tuple(s.STEPS)}), "
+            f"{s.WARMUP_ITERS} warm-up iterations; train on {', '.join(cfg.DATASETS.TRAIN)}, "
+            f"test on {', '.join(cfg.DATASETS.TEST)}")
+
+
+def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
+    L = []
+    L.append(f"### Table {tab.key} — {tab.title} ({scale} scale)")
+    L.append("")
+    suite = f"python train_net.py --ablation {tab.key} --scale {scale} --seeds 0 1 2"
+    L.append(f"Command (runs the missing arms, then rebuilds this report): `{suite}`  ")
+    L.append(f"Arm configs: `configs/ablations/{scale}/{tab.key}/<arm>.yaml`; baseline for the gains: "
+             f"`{tab.baseline[scale]}`.  ")
+    sched = _schedule_line(tab, scale, configs_root)
+    if sched:
+        L.append(f"Schedule (same for every arm): {sched}.")
+    L.append("")
+    if scale in tab.notes:
+        L.append(f"Differences from the paper: {tab.notes[scale]}")
+        L.append("")
+    if summary["max_seeds"] == 0:
+        L.append("**No results yet.** Paper numbers:")
+        L.append("")
+        L.append("| arm | paper row | " + " | ".join(f"paper {METRIC_LABELS[m]}" for m in tab.metrics) + " |")
+        L.append("|---|---|" + "---|" * len(tab.metrics))
+        for a in summary["arms"]:
+            L.append(f"| {a['label']} | {a['paper_row'] or '—'} | "
+                     + " | ".join(_fmt(a["metrics"][m]["paper"]) for m in tab.metrics) + " |")
+        L.append("")
+        return L
+    if summary["min_seeds"] < 3:
+        L.append(f"**Fewer than 3 seeds:** some arms have only {summary['min_seeds']} seed(s); means, std and "
+                 "standard errors are preliminary (std / SE need >= 2 seeds).")
+        L.append("")
+    L.append("| arm (paper row) | metric | paper | ours (mean ± std) | n | paper gain | our gain ± SE | "
+             "gain > 2·SE |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for a in summary["arms"]:
+        first = True
+        for m in tab.metrics:
+            s = a["metrics"][m]
+            ours = "—" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}"
+            if a["is_baseline"]:
+                gain, sig = "(baseline)", ""
+            elif s["gain"] is None:
+                gain, sig = "—", "—"
+            else:
+                gain = _fmt(s["gain"], signed=True) + (f" ± {s['gain_se']:.1f}" if s["gain_se"] is not None else "")
+                sig = "—" if s["gain_gt_2se"] is None else ("yes" if s["gain_gt_2se"] else "no")
+            name = f"**{a['label']}** ({a['paper_row'] or '—'})" if first else ""
+            first = False
+            pg = "" if a["is_baseline"] else _fmt(s["paper_gain"], signed=True)
+            L.append(f"| {name} | {METRIC_LABELS[m]} | {_fmt(s['paper'])} | {ours} | {s['n']} | {pg} | {gain} | "
+                     f"{sig} |")
+    L.append("")
+    L.append("Gains are our arm minus our baseline arm, averaged over the seeds both have (paired by seed), "
+             "± the standard error of that mean; \"gain > 2·SE\" says whether the mean gain exceeds twice its "
+             "standard error. Paper gains are the paper's arm minus the paper's baseline row.")
+    L.append("")
+    if tab.plot_iou:
+        p = plot_path(tab.key, scale, docs_dir)
+        if os.path.isfile(p):
+            rel = os.path.relpath(p, os.path.dirname(os.path.abspath(report_path)))
+            L.append(f"![AP vs IoU threshold, Table {tab.key}]({rel})")
+            L.append("")
+    L.append("| arm | seeds | iterations | wall time per seed (min, mean ± std; train + eval) | commit(s) | "
+             "extra opts |")
+    L.append("|---|---|---|---|---|---|")
+    for a in summary["arms"]:
+        w = a["wall_min"]
+        wall = "—" if w[0] is None else f"{w[0]:.1f} ± {w[1]:.1f}"
+        opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
+        L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
+                 f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {', '.join(a['commits']) or '—'} | "
+                 f"{opts} |")
+    L.append("")
+    L.append("Exact commands (one per arm, the lowest seed; the others differ only in SEED and OUTPUT_DIR):")
+    L.append("")
+    for a in summary["arms"]:
+        cmds = [c for c in a["commands"].values() if c]
+        if cmds:
+            L.append(f"- `{cmds[0]}`")
+    L.append("")
+    return L
+
+
+def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
+                 summary_path=None, log=print):
+    """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results."""
+    results = load_results(results_root)
+    report_path = os.path.join(docs_dir, report_name)
+    summary_path = summary_path or os.path.join(results_root, "summary.json")
+    summaries = []
+    L = [
+        "# Mask R-CNN ablations (Table 2a–e)",
+        "",
+        "<!-- GENERATED by maskrcnn_plugin/ablations.py from results/ablations/**/seed*.json; do not edit by "
+        "hand: rerun `python train_net.py --ablation report` (or any --ablation run) to rebuild. -->",
+        "",
+        f"Paper numbers: {PAPER_SOURCE}, transcribed in `maskrcnn_plugin/paper_tables.py`. All APs are COCO-style "
+        "AP in percent (mask AP unless marked box), evaluated with pycocotools on the arm's test set; the AP-vs-IoU "
+        "curves are recomputed from each arm's `coco_instances_results.json` with pycocotools' COCOeval precision "
+        "array.",
+        "",
+        "How to run: `python train_net.py --ablation <2a|2b|2c|2d|2e|all> [--scale cpu|coco] [--seeds 0 1 2] "
+        "[--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
+        "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
+        "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped, a "
+        "killed arm resumes from its last checkpoint, and `--eval-only` re-evaluates the existing "
+        "`model_final.pth` checkpoints and rebuilds this report without training. COCO-scale instructions: "
+        "[ablations_coco.md](ablations_coco.md).",
+        "",
+    ]
+    for scale in SCALES:
+        scale_tables = [t for t in TABLES.values() if scale in t.arms]
+        have = results.get(scale, {})
+        if scale != "cpu" and not have:
+            continue
+        L.append(f"## {scale.upper()} scale")
+        L.append("")
+        L.append(CPU_COMMON_NOTE if scale == "cpu" else COCO_COMMON_NOTE)
+        L.append("")
+        for tab in scale_tables:
+            s = summarize_table(tab, scale, have.get(tab.key, {}))
+            summaries.append(s)
+            if tab.plot_iou and s["max_seeds"] > 0:
+                plot_ap_vs_iou(s, plot_path(tab.key, scale, docs_dir))
+            L.extend(_table_markdown(tab, scale, s, docs_dir, configs_root, report_path))
+    unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
+                     if t not in TABLES or sc not in TABLES[t].arms)
+    if unknown:
+        L.append(f"Results of tables not defined in maskrcnn_plugin/ablations.py were ignored: {', '.join(unknown)}.")
+        L.append("")
+    os.makedirs(docs_dir, exist_ok=True)
+    with open(report_path, "w") as f:
+        f.write("\n".join(L).rstrip() + "\n")
+    _write_json_atomic(summary_path, {"generated_by": "maskrcnn_plugin/ablations.py", "paper_source": PAPER_SOURCE,
+                                      "iou_thresholds": list(IOU_THRESHOLDS), "tables": summaries})
+    log(f"report: {_rel(report_path)}; summary: {_rel(summary_path)}")
+    return report_path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line (train_net.py --ablation ...)
+# ------------------------------------------------------------------------------------------------------------
+def add_ablation_arguments(parser: argparse.ArgumentParser):
+    """Add the --ablation flags to detectron2's default_argument_parser()."""
+    g = parser.add_argument_group("ablations (maskrcnn_plugin.ablations)")
+    g.add_argument("--ablation", metavar="TABLE", default=None,
+                   help="run every arm of a paper ablation table: " + ", ".join(sorted(TABLES))
+                        + ", 'all', or 'report' (only rebuild docs/ablations.md)")
+    g.add_argument("--scale", choices=SCALES, default="cpu", help="configs/ablations/<scale> (default cpu)")
+    # Strings, so that config overrides after the seeds are not swallowed as invalid ints (see split below).
+    g.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="seeds (default 0 1 2)")
+    g.add_argument("--results-dir", default=RESULTS_ROOT, help="where the per-arm results json go")
+    g.add_argument("--ablation-output", default=OUTPUT_ROOT, help="checkpoints / logs of the arms")
+    g.add_argument("--docs-dir", default=DOCS_DIR, help="where ablations.md and images/ are written")
+    g.add_argument("--ablation-configs", default=CONFIGS_ROOT, help="root of the arm configs")
+    return parser
+
+
+def split_seeds_and_opts(seed_tokens, opts):
+    """argparse lets `--seeds 0 1 MODEL.X v` swallow the config overrides: split leading ints from the rest."""
+    seeds, rest = [], []
+    for i, tok in enumerate(seed_tokens or []):
+        try:
+            seeds.append(int(tok))
+        except ValueError:
+            rest = list(seed_tokens[i:])
+            break
+    opts = [o for o in rest + list(opts or []) if o != "--"]
+    return (seeds or list(DEFAULT_SEEDS)), opts
+
+
+def run_ablation_from_args(args, runner=None, log=print):
+    """Entry point of `train_net.py --ablation ...`; returns the process exit status (1 if an arm failed)."""
+    seeds, opts = split_seeds_and_opts(args.seeds, args.opts)
+    if args.ablation == "report":
+        write_report(results_root=args.results_dir, docs_dir=args.docs_dir, configs_root=args.ablation_configs,
+                     log=log)
+        return 0
+    if args.config_file:
+        raise SystemExit("--ablation takes its configs from configs/ablations/<scale>/<table>/; drop --config-file")
+    tables = [t for t in TABLES.values() if args.scale in t.arms] if args.ablation == "all" else [
+        get_table(args.ablation)]
+    suite = "python train_net.py --ablation {} --scale {} --seeds {}{}{}".format(
+        args.ablation, args.scale, " ".join(map(str, seeds)), " --eval-only" if args.eval_only else "",
+        (" " + " ".join(shlex.quote(o) for o in opts)) if opts else "")
+    outcomes = []
+    for tab in tables:
+        outcomes += run_table(
+            tab.key, args.scale, seeds, eval_only=args.eval_only, opts=opts, num_gpus=args.num_gpus,
+            configs_root=args.ablation_configs, results_root=args.results_dir, output_root=args.ablation_output,
+            docs_dir=args.docs_dir, suite_command=suite, runner=runner, log=log, report=False,
+        )
+    write_report(results_root=args.results_dir, docs_dir=args.docs_dir, configs_root=args.ablation_configs, log=log)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        log(f"FAILED: {o.arm} seed {o.seed} (log: {_rel(o.log)})")
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "skipped", "failed", "missing")}
+    log("ablation summary: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    """`python -m maskrcnn_plugin.ablations ...`: same flags as train_net.py --ablation."""
+    from detectron2.engine import default_argument_parser
+
+    parser = add_ablation_arguments(default_argument_parser())
+    args = parser.parse_args(argv)
+    if not args.ablation:
+        parser.error("--ablation TABLE is required")
+    return run_ablation_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
