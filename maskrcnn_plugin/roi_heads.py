@@ -15,6 +15,13 @@ def _pooler_for(cfg, input_shape, in_features, resolution):
     return AblationROIPooler.from_config(cfg, resolution, scales)
 
 
+def _swap_pooler(cfg, input_shape, ret, branch, resolution):
+    """Replace the stock pooler of `branch` ("box", "mask", "keypoint") in a from_config dict, if it has one."""
+    if ret.get(f"{branch}_pooler") is not None:
+        ret[f"{branch}_pooler"] = _pooler_for(cfg, input_shape, ret[f"{branch}_in_features"], resolution)
+    return ret
+
+
 @ROI_HEADS_REGISTRY.register()
 class AblationStandardROIHeads(StandardROIHeads):
     """StandardROIHeads with `MODEL.ROI_EXTRACTOR` feature extraction for every branch."""
@@ -22,28 +29,17 @@ class AblationStandardROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_pooler"] = _pooler_for(
-            cfg, input_shape, ret["box_in_features"], cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        )
-        return ret
+        return _swap_pooler(cfg, input_shape, ret, "box", cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         ret = super()._init_mask_head(cfg, input_shape)
-        if ret.get("mask_pooler") is not None:
-            ret["mask_pooler"] = _pooler_for(
-                cfg, input_shape, ret["mask_in_features"], cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-            )
-        return ret
+        return _swap_pooler(cfg, input_shape, ret, "mask", cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
         ret = super()._init_keypoint_head(cfg, input_shape)
-        if ret.get("keypoint_pooler") is not None:
-            ret["keypoint_pooler"] = _pooler_for(
-                cfg, input_shape, ret["keypoint_in_features"], cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION
-            )
-        return ret
+        return _swap_pooler(cfg, input_shape, ret, "keypoint", cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION)
 
 
 @ROI_HEADS_REGISTRY.register()

@@ -47,47 +47,42 @@ class RoIPool(nn.Module):
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
 
 
-class RoIWarp(nn.Module):
+class _BilinearRoIOp(nn.Module):
+    """Shared module form of the bilinear-sampling operators (`_op` is roi_warp or roi_align)."""
+
+    _op = None
+    _default_aligned = False
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, aggregation: str = "avg", aligned=None):
+        super().__init__()
+        if aggregation not in ("max", "avg"):
+            raise ValueError(f"aggregation must be 'max' or 'avg', got {aggregation!r}")
+        self.output_size = _size(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aggregation = aggregation
+        self.aligned = self._default_aligned if aligned is None else aligned
+
+    def forward(self, input, rois):
+        return type(self)._op(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aggregation, self.aligned
+        )
+
+    def __repr__(self):
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aggregation={self.aggregation!r}, aligned={self.aligned})"
+        )
+
+
+class RoIWarp(_BilinearRoIOp):
     """Module form of :func:`roi_warp` (box snapped to cells like RoIPool, bins sampled bilinearly)."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, aggregation: str = "avg", aligned: bool = True):
-        super().__init__()
-        if aggregation not in ("max", "avg"):
-            raise ValueError(f"aggregation must be 'max' or 'avg', got {aggregation!r}")
-        self.output_size = _size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aggregation = aggregation
-        self.aligned = aligned
-
-    def forward(self, input, rois):
-        return roi_warp(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aggregation, self.aligned)
-
-    def __repr__(self):
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aggregation={self.aggregation!r}, aligned={self.aligned})"
-        )
+    _op = staticmethod(roi_warp)
+    _default_aligned = True  # sample the snapped cells' own area (see roi_warp)
 
 
-class RoIAlign(nn.Module):
+class RoIAlign(_BilinearRoIOp):
     """Module form of :func:`roi_align` (Mask R-CNN RoIAlign; with avg equals ``torchvision.ops.RoIAlign``)."""
 
-    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, aggregation: str = "avg", aligned: bool = False):
-        super().__init__()
-        if aggregation not in ("max", "avg"):
-            raise ValueError(f"aggregation must be 'max' or 'avg', got {aggregation!r}")
-        self.output_size = _size(output_size)
-        self.spatial_scale = spatial_scale
-        self.sampling_ratio = sampling_ratio
-        self.aggregation = aggregation
-        self.aligned = aligned
-
-    def forward(self, input, rois):
-        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aggregation, self.aligned)
-
-    def __repr__(self):
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, aggregation={self.aggregation!r}, aligned={self.aligned})"
-        )
+    _op = staticmethod(roi_align)
