@@ -31,11 +31,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .paper_tables import PAPER_SOURCE, PAPER_TABLES, paper_value
+from .paper_tables import PAPER_SOURCE, paper_value
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
@@ -51,9 +51,11 @@ IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 METRIC_SOURCES = {
     "AP": ("segm", "AP"), "AP50": ("segm", "AP50"), "AP75": ("segm", "AP75"),
     "box_AP": ("bbox", "AP"), "box_AP50": ("bbox", "AP50"), "box_AP75": ("bbox", "AP75"),
+    "kp_AP": ("keypoints", "AP"), "kp_AP50": ("keypoints", "AP50"), "kp_AP75": ("keypoints", "AP75"),
 }
 METRIC_LABELS = {"AP": "mask AP", "AP50": "mask AP50", "AP75": "mask AP75",
-                 "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75"}
+                 "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75",
+                 "kp_AP": "keypoint AP", "kp_AP50": "keypoint AP50", "kp_AP75": "keypoint AP75"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -97,14 +99,19 @@ _BACKBONE_KEYS = (
 )
 
 CPU_COMMON_NOTE = (
-    "CPU scale: the generated shapes dataset (shapes_train: 1000 images, evaluated on shapes_val: 200 images, "
-    "256 px, 5 classes) instead of COCO (80 classes, 800 px); ResNet-18/34 with trainable BN from random "
-    "initialisation (no ImageNet weights can be downloaded here) instead of ImageNet-initialised ResNet-50/101 "
-    "with frozen BN; 4 images per batch, lr 0.02 with 100 warm-up iterations and a short schedule (see the "
-    "table's base config) instead of 16 images x 160k iterations; 128 sampled RoIs per image for every model "
-    "(paper: 64 for C4, 512 for FPN) and 500 / 250 RPN proposals in training / test; light heads (2 fc of 512 "
-    "for boxes, 4 convs of 128 for masks). All arms of a table share the data, schedule and seeds; only the "
-    "ablated component differs, so the gains (not the absolute APs) are what compares with the paper."
+    "Where the CPU scale differs from the paper, and why. The budget is 2 shared CPU cores and at most 15 "
+    "minutes per arm (train + evaluate), so that a whole table with 3 seeds runs in an afternoon. Hence: the "
+    "generated shapes dataset (shapes_train: 1000 images; evaluated on shapes_val: 200 images; 256 px, 5 "
+    "classes) instead of COCO (80 classes, 800 px), which would not train to a measurable AP in minutes; "
+    "ResNet-18/34 with trainable BN from random initialisation (no ImageNet weights can be downloaded here, "
+    "and R-50/101 are too slow) instead of ImageNet-initialised ResNet-50/101 with frozen BN; 4 images per "
+    "batch, lr 0.02 with 100 warm-up iterations and 500-700 iterations (per table, see its schedule) instead "
+    "of 16 images x 160k iterations; 128 sampled RoIs per image for every model (paper: 64 for C4, 512 for "
+    "FPN) and 500 / 250 RPN proposals in training / test (the images hold 1-10 objects); light heads (2 fc of "
+    "512 for boxes, 4 convs of 128 for masks); no C4 res5 head (about 16 s per iteration here), replaced by a "
+    "stride-16 single map with the light heads. All arms of a table share the data, schedule, seeds and every "
+    "other setting; only the ablated component differs, so the gains, not the absolute APs, are what compares "
+    "with the paper."
 )
 
 TABLES: Dict[str, AblationTable] = {}
@@ -285,7 +292,15 @@ def _display_command(argv):
         elif os.path.isabs(a):
             a = _rel(a)
         out.append(a)
-    return " ".join(shlex.quote(a) for a in out)
+    return " ".join(_quote(a) for a in out)
+
+
+def _quote(arg):
+    """shlex.quote, but "('a',)" rather than '('"'"'a'"'"',)' for the tuple-valued config overrides."""
+    q = shlex.quote(arg)
+    if "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return q
 
 
 def git_commit():
@@ -367,6 +382,16 @@ def load_arm_cfg(config_file, opts=()):
     return cfg
 
 
+def config_hash(cfg):
+    """Short hash of the full config except OUTPUT_DIR and SEED (equal for every seed of an unchanged arm)."""
+    import hashlib
+
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR, c.SEED = "", -1
+    return hashlib.sha1(c.dump().encode()).hexdigest()[:12]
+
+
 def collect_metrics(cfg, output_dir):
     """Final metrics of a finished run: eval_results.json + per-IoU AP per task for the first test dataset."""
     from detectron2.data import MetadataCatalog
@@ -421,15 +446,18 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     res_file = result_path(tab.key, scale, arm, seed, results_root)
     out_dir = arm_output_dir(tab.key, scale, arm, seed, output_root)
     tag = f"[{scale} {tab.key}/{arm} seed {seed}]"
+    run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
     previous = None
     if os.path.isfile(res_file):
-        if not eval_only:
-            log(f"{tag} done already ({_rel(res_file)}), skipped")
-            return ArmOutcome(arm, seed, "skipped", res_file)
         with open(res_file) as f:
             previous = json.load(f)
-
-    run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
+        if not eval_only:
+            current = config_hash(load_arm_cfg(config_file, run_opts))
+            if previous.get("config_hash") not in (None, current):
+                log(f"{tag} WARNING: the stored results were produced with a different config (hash "
+                    f"{previous.get('config_hash')} != {current}); delete {_rel(res_file)} to rerun this arm")
+            log(f"{tag} done already ({_rel(res_file)}), skipped")
+            return ArmOutcome(arm, seed, "skipped", res_file)
     argv = [sys.executable, TRAIN_NET]
     if num_gpus and num_gpus > 1:
         argv += ["--num-gpus", str(num_gpus)]
@@ -458,11 +486,15 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
         return ArmOutcome(arm, seed, "failed", log=log_path)
 
     cfg = load_arm_cfg(config_file, run_opts)
-    collected = collect_metrics(cfg, out_dir)
+    try:
+        collected = collect_metrics(cfg, out_dir)
+    except Exception as e:  # e.g. no eval_results.json: count as a failed arm, keep the suite going
+        log(f"{tag} FAILED: could not read the evaluation of {_rel(out_dir)}: {e!r}")
+        return ArmOutcome(arm, seed, "failed", log=log_path)
     commit, dirty = git_commit()
     record = {
         "table": tab.key, "scale": scale, "arm": arm, "label": arm_obj.label, "paper_row": arm_obj.paper_row,
-        "seed": seed, "config": _rel(config_file), "opts": list(opts),
+        "seed": seed, "config": _rel(config_file), "opts": list(opts), "config_hash": config_hash(cfg),
         "max_iter": int(cfg.SOLVER.MAX_ITER), "ims_per_batch": int(cfg.SOLVER.IMS_PER_BATCH),
         "device": str(cfg.MODEL.DEVICE), "num_gpus": int(num_gpus or 1), "torch_threads": _torch_threads(),
         **collected,
@@ -599,6 +631,7 @@ def summarize_table(tab, scale, arm_results):
         entry["commits"] = sorted({(r.get("commit") or "?")[:10] + ("+dirty" if r.get("dirty") else "")
                                    for r in recs.values()})
         entry["opts"] = sorted({" ".join(r.get("opts") or []) for r in recs.values()})
+        entry["config_hashes"] = sorted({r.get("config_hash") or "?" for r in recs.values()})
         entry["max_iter"] = sorted({r.get("max_iter") for r in recs.values() if r.get("max_iter") is not None})
         entry["commands"] = {s: r.get("command") for s, r in sorted(recs.items())}
         entry["suite_commands"] = sorted({r.get("suite_command") for r in recs.values() if r.get("suite_command")})
@@ -716,7 +749,12 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
         first = True
         for m in tab.metrics:
             s = a["metrics"][m]
-            ours = "—" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}"
+            if s["mean"] is None:
+                ours = "—"
+            elif s["n"] < 2:
+                ours = f"{s['mean']:.1f} (1 seed)"
+            else:
+                ours = f"{s['mean']:.1f} ± {s['std']:.1f}"
             if a["is_baseline"]:
                 gain, sig = "(baseline)", ""
             elif s["gain"] is None:
@@ -741,14 +779,15 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
             L.append(f"![AP vs IoU threshold, Table {tab.key}]({rel})")
             L.append("")
     L.append("| arm | seeds | iterations | wall time per seed (min, mean ± std; train + eval) | commit(s) | "
-             "extra opts |")
-    L.append("|---|---|---|---|---|---|")
+             "config hash | extra opts |")
+    L.append("|---|---|---|---|---|---|---|")
     for a in summary["arms"]:
         w = a["wall_min"]
         wall = "—" if w[0] is None else f"{w[0]:.1f} ± {w[1]:.1f}"
         opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
         L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
                  f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {', '.join(a['commits']) or '—'} | "
+                 f"{', '.join(a['config_hashes']) or '—'}{' (**differs between seeds**)' if len(a['config_hashes']) > 1 else ''} | "
                  f"{opts} |")
     L.append("")
     L.append("Exact commands (one per arm, the lowest seed; the others differ only in SEED and OUTPUT_DIR):")

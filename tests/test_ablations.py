@@ -1,0 +1,529 @@
+"""The ablation runner (maskrcnn_plugin/ablations.py), its configs and the paper numbers.
+
+Fast: the runner is exercised on a fake 2-arm table with a fake train_net subprocess that writes the files a
+real run writes (eval_results.json, coco_instances_results.json, model_final.pth); one test runs a real
+train_net.py subprocess for 2 iterations on a tiny generated dataset.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+from maskrcnn_plugin import ablations
+from maskrcnn_plugin.ablations import (
+    IOU_THRESHOLDS, TABLES, AblationTable, Arm, ap_per_iou, arm_config_path, load_arm_cfg, result_path,
+)
+from maskrcnn_plugin.paper_tables import PAPER_GAINS, PAPER_TABLES
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_MD = os.path.join(os.path.dirname(REPO), "shared", "reference", "paper_tables.md")
+CONFIG_ROOT = os.path.join(REPO, "configs", "ablations")
+
+TINY_DATA = ["DATASETS.TRAIN", "('shapes_abltrain_s5_n8_px128',)", "DATASETS.TEST", "('shapes_ablval_s6_n4_px128',)"]
+
+
+def tiny_opts(tmp_path, max_iter=2):
+    return [
+        "DATASETS.SHAPES.ROOT", str(tmp_path / "data"), *TINY_DATA,
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "TEST.VIS_NUM_IMAGES", "0",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Paper numbers: paper_tables.py against the reference md file
+# ------------------------------------------------------------------------------------------------------------
+def _md_tables(text):
+    """{'2a': [ {header: cell} ... ], ...} for the '### 2x.' sections of paper_tables.md."""
+    out = {}
+    for m in re.finditer(r"^### (2[a-e])\.(.*?)(?=^### |^## )", text, flags=re.S | re.M):
+        lines = [ln.strip() for ln in m.group(2).splitlines() if ln.strip().startswith("|")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+        out[m.group(1)] = rows
+    return out
+
+
+_MD_COL = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "box_AP": "AP bb", "box_AP50": "AP50 bb", "box_AP75": "AP75 bb"}
+
+
+@pytest.mark.skipif(not os.path.isfile(PAPER_MD), reason="shared/reference/paper_tables.md not present")
+def test_paper_tables_match_reference_md():
+    text = open(PAPER_MD, encoding="utf-8").read()
+    md = _md_tables(text)
+    assert set(md) == {"2a", "2b", "2c", "2d", "2e"}
+    for table, spec in PAPER_TABLES.items():
+        md_rows = [r for r in md[table] if not next(iter(r.values())).startswith("gain")]
+        ours = [(k, v) for k, v in spec["rows"].items() if k != "class-agnostic"]
+        assert len(md_rows) == len(ours), table
+        for (label, values), row in zip(ours, md_rows):
+            first = next(iter(row.values()))
+            assert label.split(" ")[0] == first.split(" ")[0], (table, label, first)
+            if table == "2c":  # RoIPool / RoIWarp / RoIAlign x max / avg
+                assert label == f"{first} ({row['agg']})"
+            for metric, value in values.items():
+                assert float(row[_MD_COL[metric]]) == value, (table, label, metric)
+        gain_rows = [r for r in md[table] if next(iter(r.values())).startswith("gain")]
+        if table in PAPER_GAINS:
+            assert len(gain_rows) == 1
+            for metric, value in PAPER_GAINS[table].items():
+                assert float(gain_rows[0][_MD_COL[metric]]) == value
+                # ...and the gains derived from the rows agree with the printed ones
+                rows = list(spec["rows"].values())
+                assert rows[1][metric] - rows[0][metric] == pytest.approx(value, abs=0.051)
+    m = re.search(r"class-agnostic masks[^\n]*?reach (\d+\.\d) AP vs (\d+\.\d)", text)
+    assert m and float(m.group(1)) == PAPER_TABLES["2b"]["rows"]["class-agnostic"]["AP"]
+    assert float(m.group(2)) == PAPER_TABLES["2b"]["rows"]["sigmoid"]["AP"]
+
+
+def test_every_paper_row_named_by_an_arm_exists():
+    for tab in TABLES.values():
+        for scale, arms in tab.arms.items():
+            for arm in arms:
+                assert arm.paper_row in PAPER_TABLES[tab.paper_key]["rows"], (tab.key, scale, arm)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-IoU-threshold AP
+# ------------------------------------------------------------------------------------------------------------
+def _rle(mask):
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode("ascii")
+    return r
+
+
+def _box_mask(h, w, x, y, bw, bh):
+    m = np.zeros((h, w), dtype=bool)
+    m[y:y + bh, x:x + bw] = True
+    return m
+
+
+def _write_gt(tmp_path, objects, size=256):
+    """objects: [(image_id, category_id, x, y, w, h)] -> COCO json of rectangular masks."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": size, "width": size} for i in sorted({o[0] for o in objects})]
+    anns = []
+    for k, (img, cat, x, y, w, h) in enumerate(objects):
+        anns.append({"id": k + 1, "image_id": img, "category_id": cat, "bbox": [x, y, w, h], "area": w * h,
+                     "iscrowd": 0, "segmentation": _rle(_box_mask(size, size, x, y, w, h))})
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return str(path)
+
+
+def _predictions(objects, dx=0, size=256):
+    return [{"image_id": img, "category_id": cat, "bbox": [x + dx, y, w, h], "score": 0.9,
+             "segmentation": _rle(_box_mask(size, size, x + dx, y, w, h))} for img, cat, x, y, w, h in objects]
+
+
+def test_ap_per_iou_perfect_prediction_is_100_at_every_threshold(tmp_path):
+    objects = [(1, 1, 10, 20, 50, 40), (1, 2, 100, 100, 80, 60), (2, 1, 30, 30, 20, 90)]
+    gt = _write_gt(tmp_path, objects)
+    for task in ("bbox", "segm"):
+        assert ap_per_iou(gt, _predictions(objects), task) == pytest.approx([100.0] * 10)
+    pred_file = tmp_path / "pred.json"
+    pred_file.write_text(json.dumps(_predictions(objects)))
+    assert ap_per_iou(gt, str(pred_file), "segm") == pytest.approx([100.0] * 10)
+    assert ap_per_iou(gt, [], "segm") == [0.0] * 10
+
+
+def test_ap_per_iou_shifted_prediction(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    # 100x100 box shifted by 20 px: IoU = 80*100 / (2*100*100 - 80*100) = 2/3, so the detection is a true
+    # positive at IoU thresholds 0.50..0.65 and a false positive from 0.70 on.
+    objects = [(1, 1, 50, 50, 100, 100)]
+    gt = _write_gt(tmp_path, objects)
+    preds = _predictions(objects, dx=20)
+    expected = [100.0 if t < 2 / 3 else 0.0 for t in IOU_THRESHOLDS]
+    assert expected[:4] == [100.0] * 4 and expected[4:] == [0.0] * 6
+    for task in ("bbox", "segm"):
+        per_iou = ap_per_iou(gt, preds, task)
+        assert per_iou == pytest.approx(expected)
+        # the mean over thresholds is COCOeval's AP
+        coco = COCO(gt)
+        ev = COCOeval(coco, coco.loadRes(preds), task)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert np.mean(per_iou) == pytest.approx(ev.stats[0] * 100)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------------------------
+ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_ROOT, "**", "*.yaml"), recursive=True))
+ARMS = [(t.key, scale, a.name) for t in TABLES.values() for scale in ("cpu", "coco") if scale in t.arms
+        for a in t.arms[scale]]
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _diff(a, b):
+    fa, fb = _flat(a), _flat(b)
+    return {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)} - {"OUTPUT_DIR"}
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[os.path.relpath(p, CONFIG_ROOT) for p in ALL_CONFIGS])
+def test_every_ablation_config_parses(path):
+    from maskrcnn_plugin.config import check_maskrcnn_plugin_config
+
+    cfg = load_arm_cfg(path)
+    check_maskrcnn_plugin_config(cfg)
+
+
+def test_config_files_and_table_arms_match():
+    on_disk = set()
+    for p in ALL_CONFIGS:
+        parts = os.path.relpath(p, CONFIG_ROOT).split(os.sep)
+        if len(parts) == 3 and not parts[2].startswith("Base-"):
+            scale, table, name = parts
+            on_disk.add((table, scale, name[:-len(".yaml")]))
+    assert on_disk == set(ARMS)
+
+
+# What each arm must set (besides inheriting everything else from its table's bases).
+EXPECTED_ARM_KEYS = {
+    ("2b", "softmax"): {"MODEL.ROI_MASK_HEAD.LOSS": "softmax", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False},
+    ("2b", "sigmoid"): {"MODEL.ROI_MASK_HEAD.LOSS": "sigmoid", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False},
+    ("2b", "sigmoid_agnostic"): {"MODEL.ROI_MASK_HEAD.LOSS": "sigmoid", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True},
+    ("2c", "roipool"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIPool", "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("2c", "roiwarp_max"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIWarp", "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("2c", "roiwarp_avg"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIWarp", "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
+    ("2c", "roialign_max"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign", "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("2c", "roialign_avg"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign", "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
+    ("2d", "roipool"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIPool", "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("2d", "roialign"): {"MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign", "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
+    ("2e", "mlp_2fc"): {"MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNMLPHead", "MODEL.ROI_MASK_HEAD.MLP_DIMS": [1024, 1024]},
+    ("2e", "mlp_3fc"): {"MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNMLPHead",
+                        "MODEL.ROI_MASK_HEAD.MLP_DIMS": [1024, 1024, 1024]},
+    ("2e", "fcn"): {"MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNFCNHead"},
+    ("2a", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"]},
+    ("2a", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"]},
+    ("2a", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a", "r50_c4"): {"MODEL.RESNETS.DEPTH": 50, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads"},
+    ("2a", "r101_c4"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads",
+                        "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
+    ("2a", "r50_fpn"): {"MODEL.RESNETS.DEPTH": 50, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a", "r101_fpn"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a", "x101_fpn"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.RESNETS.NUM_GROUPS": 32,
+                         "MODEL.RESNETS.WIDTH_PER_GROUP": 8, "SOLVER.IMS_PER_BATCH": 8, "SOLVER.BASE_LR": 0.01},
+}
+
+
+@pytest.mark.parametrize("table,scale", sorted({(t, s) for t, s, _ in ARMS}))
+def test_arms_differ_only_in_the_ablated_component(table, scale):
+    tab = TABLES[table]
+    cfgs = {a.name: load_arm_cfg(arm_config_path(table, scale, a.name)) for a in tab.arms[scale]}
+    base = cfgs[tab.baseline[scale]]
+    allowed = tab.ablated_keys[scale]
+    for name, cfg in cfgs.items():
+        flat = _flat(cfg)
+        for key, value in EXPECTED_ARM_KEYS[(table, name)].items():
+            assert flat[key] == value, (table, scale, name, key)
+        assert flat["OUTPUT_DIR"] == f"./output/ablations/{scale}/{table}/{name}/seed0"
+        if name == tab.baseline[scale]:
+            continue
+        diff = _diff(cfg, base)
+        assert diff, f"{table}/{name} is identical to the baseline"
+        stray = {k for k in diff if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in allowed)}
+        assert not stray, f"{scale} {table}/{name} differs from the baseline outside the ablated keys: {stray}"
+    # the component names are unique: no two arms with the same config
+    names = list(cfgs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert _diff(cfgs[a], cfgs[b]), (a, b)
+    union = set().union(*(_diff(cfgs[n], base) for n in names))
+    assert union == EXACT_DIFF[(table, scale)], sorted(union)
+
+
+_MASK = "MODEL.ROI_MASK_HEAD."
+_EXTR = {"MODEL.ROI_EXTRACTOR.METHOD", "MODEL.ROI_EXTRACTOR.AGGREGATION"}
+_BACKBONE_CPU = {"MODEL.RESNETS.DEPTH", "MODEL.BACKBONE.NAME", "MODEL.RESNETS.OUT_FEATURES", "MODEL.FPN.IN_FEATURES",
+                 "MODEL.FPN.OUT_CHANNELS", "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.RPN.IN_FEATURES",
+                 "MODEL.ROI_HEADS.IN_FEATURES"}
+# Union over a table's arms of the keys in which an arm differs from the baseline arm: exactly the component.
+EXACT_DIFF = {
+    **{(t, s): {_MASK + "LOSS", _MASK + "CLS_AGNOSTIC_MASK"} for t, s in [("2b", "cpu"), ("2b", "coco")]},
+    **{(t, s): _EXTR for t in ("2c", "2d") for s in ("cpu", "coco")},
+    **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
+    ("2a", "cpu"): _BACKBONE_CPU,
+    # C4 vs FPN also switches the RoI heads (res5 head, 64 RoIs, 300 proposals vs 2fc/4conv, 512, 1000), and
+    # ResNeXt its weights, input normalisation and batch/lr.
+    ("2a", "coco"): (_BACKBONE_CPU - {"MODEL.FPN.OUT_CHANNELS"}) | {
+        "MODEL.PIXEL_STD", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.WIDTH_PER_GROUP",
+        "MODEL.ROI_BOX_HEAD.NAME", "MODEL.ROI_BOX_HEAD.NUM_FC", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_MASK_HEAD.NUM_CONV",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.PRE_NMS_TOPK_TEST",
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.WEIGHTS", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH"},
+}
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_cpu_arms_share_data_schedule_and_seed(table):
+    keys = ["DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.BASE_LR",
+            "SOLVER.IMS_PER_BATCH", "SOLVER.WARMUP_ITERS", "SEED", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.WEIGHTS"]
+    vals = {a.name: {k: _flat(load_arm_cfg(arm_config_path(table, "cpu", a.name)))[k] for k in keys}
+            for a in TABLES[table].arms["cpu"]}
+    first = next(iter(vals.values()))
+    assert all(v == first for v in vals.values()), vals
+    assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
+    assert first["MODEL.WEIGHTS"] == ""
+
+
+def test_coco_arms_follow_the_papers_settings():
+    for table, scale, arm in ARMS:
+        if scale != "coco":
+            continue
+        c = load_arm_cfg(arm_config_path(table, scale, arm))
+        assert c.DATASETS.TRAIN == ("coco_2017_train",) and c.DATASETS.TEST == ("coco_2017_val",)
+        assert c.INPUT.MIN_SIZE_TRAIN == (800,) and c.INPUT.MIN_SIZE_TEST == 800
+        assert c.SOLVER.MAX_ITER == 160000 and tuple(c.SOLVER.STEPS) == (120000,)
+        assert (c.SOLVER.IMS_PER_BATCH, c.SOLVER.BASE_LR) == ((8, 0.01) if arm == "x101_fpn" else (16, 0.02))
+        assert c.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/")
+        if c.MODEL.RESNETS.DEPTH == 50:
+            assert c.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+        c4 = c.MODEL.ROI_HEADS.NAME == "AblationRes5ROIHeads"
+        assert c4 == (table in ("2b", "2c") or arm.endswith("_c4")), (table, arm)
+        assert c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == (64 if c4 else 512)
+        assert c.MODEL.RPN.POST_NMS_TOPK_TEST == (300 if c4 else 1000)
+        if c4:  # 14x14 RoI features -> res5 (stride 2) -> 7x7 -> deconv -> 14x14 masks
+            assert c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == 14 and c.MODEL.ROI_MASK_HEAD.NUM_CONV == 0
+        else:  # 14x14 RoI features -> 4 convs -> deconv -> 28x28 masks
+            assert c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION == 14 and c.MODEL.ROI_MASK_HEAD.NUM_CONV == 4
+        stride = {"res4": 16, "res5": 32}.get(c.MODEL.ROI_HEADS.IN_FEATURES[0])
+        if table in ("2b", "2c"):
+            assert stride == 16
+        if table == "2d":
+            assert stride == 32
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The runner, with a fake train_net subprocess
+# ------------------------------------------------------------------------------------------------------------
+def _opt(argv, key):
+    return argv[len(argv) - 1 - argv[::-1].index(key) + 1]
+
+
+class FakeTrainNet:
+    """Stands in for `train_net.py`: writes what a finished run writes. Arm "a" predicts the gt shifted by
+    (3 + seed) px, arm "b" predicts it exactly; returns `fail_on` (arm, seed) with exit status 1."""
+
+    def __init__(self, fail_on=None):
+        self.calls = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv, log_path):
+        from pycocotools.coco import COCO
+
+        from maskrcnn_plugin.data import prepare_dataset, register_datasets_from_cfg
+
+        self.calls.append(list(argv))
+        out = _opt(argv, "OUTPUT_DIR")
+        seed = int(_opt(argv, "SEED"))
+        arm = os.path.basename(os.path.dirname(out))
+        os.makedirs(out, exist_ok=True)
+        open(log_path, "a").write("fake\n")
+        if self.fail_on == (arm, seed):
+            return 1
+        config = _opt(argv, "--config-file")
+        opts = argv[argv.index(config) + 1:]
+        opts = [o for o in opts if o not in ("--eval-only", "--resume")]
+        cfg = load_arm_cfg(config, opts)
+        register_datasets_from_cfg(cfg)
+        ds = cfg.DATASETS.TEST[0]
+        gt_json = prepare_dataset(ds)
+        coco = COCO(gt_json)
+        dx = 0 if arm == "b" else 3 + seed
+        preds = []
+        for ann in coco.dataset["annotations"]:
+            m = np.roll(coco.annToMask(ann), dx, axis=1)
+            x, y, w, h = ann["bbox"]
+            preds.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "score": 0.9,
+                          "bbox": [x + dx, y, w, h], "segmentation": _rle(m)})
+        os.makedirs(os.path.join(out, "inference", ds), exist_ok=True)
+        with open(os.path.join(out, "inference", ds, "coco_instances_results.json"), "w") as f:
+            json.dump(preds, f)
+        results = {}
+        for task in ("bbox", "segm"):
+            ap = ap_per_iou(gt_json, preds, task)
+            results[task] = {"AP": float(np.mean(ap)), "AP50": ap[0], "AP75": ap[5]}
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump(results, f)
+        if "--eval-only" not in argv:
+            for name in ("model_0000000.pth", "model_final.pth"):
+                open(os.path.join(out, name), "wb").write(b"x")
+            open(os.path.join(out, "last_checkpoint"), "w").write("model_final.pth")
+        return 0
+
+
+@pytest.fixture
+def fake_table(tmp_path, monkeypatch):
+    """Table "fake": arms a (RoIPool, baseline) and b (RoIAlign avg) = the 2c configs with tiny data."""
+    configs = tmp_path / "configs"
+    for arm, src in (("a", "roipool"), ("b", "roialign_avg")):
+        d = configs / "cpu" / "fake"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{arm}.yaml").write_text(
+            f'_BASE_: "{arm_config_path("2c", "cpu", src)}"\n'
+            f'DATASETS:\n  TRAIN: {TINY_DATA[1]}\n  TEST: {TINY_DATA[3]}\n'
+            f'  SHAPES:\n    ROOT: "{tmp_path / "data"}"\n'
+        )
+    tab = AblationTable(
+        key="fake", title="fake 2c", paper_table="2c",
+        arms={"cpu": [Arm("a", "RoIPool", "RoIPool (max)"), Arm("b", "RoIAlign", "RoIAlign (avg)")]},
+        baseline={"cpu": "a"}, ablated_keys={"cpu": ("MODEL.ROI_EXTRACTOR.",)}, plot_iou=True,
+        notes={"cpu": "A fake table for the tests."},
+    )
+    monkeypatch.setitem(TABLES, "fake", tab)
+    return dict(configs_root=str(configs), results_root=str(tmp_path / "results"),
+                output_root=str(tmp_path / "output"), docs_dir=str(tmp_path / "docs"))
+
+
+def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
+    fake = FakeTrainNet()
+    logs = []
+    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert len(fake.calls) == 4
+    files = sorted(glob.glob(os.path.join(fake_table["results_root"], "cpu", "fake", "*", "seed*.json")))
+    assert [os.path.relpath(f, fake_table["results_root"]) for f in files] == [
+        "cpu/fake/a/seed0.json", "cpu/fake/a/seed1.json", "cpu/fake/b/seed0.json", "cpu/fake/b/seed1.json"]
+    rec = json.load(open(files[0]))
+    for key in ("metrics", "ap_per_iou", "iou_thresholds", "wall_s", "commit", "command", "seed", "config"):
+        assert key in rec
+    assert rec["seed"] == 0 and set(rec["ap_per_iou"]) == {"bbox", "segm"} and len(rec["ap_per_iou"]["segm"]) == 10
+    assert "--config-file" in rec["command"] and "SEED 0" in rec["command"] and "--resume" in rec["command"]
+    b = json.load(open(files[2]))
+    assert b["ap_per_iou"]["segm"] == pytest.approx([100.0] * 10)  # arm b predicts the gt exactly
+    assert b["metrics"]["segm"]["AP"] == pytest.approx(100.0)
+    # intermediate checkpoints removed, the final one kept
+    out_a0 = ablations.arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
+    assert os.path.exists(os.path.join(out_a0, "model_final.pth"))
+    assert not os.path.exists(os.path.join(out_a0, "model_0000000.pth"))
+
+    # report: paper and ours columns with mean ± std, gains, fewer-than-3-seeds notice, plot, json summary
+    report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
+    assert "### Table fake" in report and "| paper | ours (mean ± std) |" in report
+    assert "paper gain" in report and "our gain ± SE" in report and "gain > 2·SE" in report
+    assert re.search(r"\| \*\*RoIAlign\*\* \(RoIAlign \(avg\)\) \| mask AP \| 30\.3 \| 100\.0 ± 0\.0 \| 2 \| \+3\.4 \| "
+                     r"\+\d+\.\d ± \d+\.\d \| (yes|no) \|", report), report
+    assert "Fewer than 3 seeds" in report and "A fake table for the tests." in report
+    assert "ablation_fake_ap_vs_iou.png" in report
+    assert os.path.getsize(os.path.join(fake_table["docs_dir"], "images", "ablation_fake_ap_vs_iou.png")) > 1000
+    summary = json.load(open(os.path.join(fake_table["results_root"], "summary.json")))
+    fake_sum = [t for t in summary["tables"] if t["table"] == "fake"][0]
+    arm_b = fake_sum["arms"][1]["metrics"]["AP"]
+    assert arm_b["paper"] == 30.3 and arm_b["paper_gain"] == pytest.approx(3.4) and arm_b["n"] == 2
+    assert arm_b["gain"] > 0 and arm_b["gain_se"] is not None
+
+    # completed arms are skipped; a removed result is redone alone
+    fake.calls.clear()
+    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["skipped"] * 4 and fake.calls == []
+    os.remove(result_path("fake", "cpu", "b", 1, fake_table["results_root"]))
+    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "skipped", "done"] and len(fake.calls) == 1
+
+    # --eval-only: every checkpoint re-evaluated without training, training wall time kept, table rebuilt
+    os.remove(os.path.join(fake_table["docs_dir"], "ablations.md"))
+    fake.calls.clear()
+    before = json.load(open(files[0]))
+    outcomes = ablations.run_table("fake", "cpu", [0, 1], eval_only=True, runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert all("--eval-only" in c and "--resume" not in c for c in fake.calls)
+    assert all(_opt(c, "MODEL.WEIGHTS").endswith(os.path.join(f"seed{_opt(c, 'SEED')}", "model_final.pth"))
+               for c in fake.calls)
+    after = json.load(open(files[0]))
+    assert after["wall_s"] == before["wall_s"] and after["command"] == before["command"]
+    assert "eval_wall_s" in after and "--eval-only" in after["eval_command"]
+    assert after["metrics"] == before["metrics"]
+    assert os.path.isfile(os.path.join(fake_table["docs_dir"], "ablations.md"))
+
+    # --eval-only for a seed with neither checkpoint nor results: reported missing, nothing run
+    fake.calls.clear()
+    outcomes = ablations.run_table("fake", "cpu", [5], eval_only=True, runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["missing", "missing"] and fake.calls == []
+
+
+def test_a_failing_arm_does_not_stop_the_suite(fake_table):
+    fake = FakeTrainNet(fail_on=("a", 0))
+    outcomes = ablations.run_table("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)
+    assert [(o.arm, o.status) for o in outcomes] == [("a", "failed"), ("b", "done")]
+    assert not os.path.exists(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
+    assert os.path.exists(result_path("fake", "cpu", "b", 0, fake_table["results_root"]))
+    report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
+    assert "| **RoIPool** (RoIPool (max)) | mask AP | 26.9 | — | 0 |" in report
+
+
+def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
+    from detectron2.engine import default_argument_parser
+
+    parser = ablations.add_ablation_arguments(default_argument_parser())
+    args = parser.parse_args([
+        "--ablation", "fake", "--results-dir", fake_table["results_root"], "--ablation-output",
+        fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
+        fake_table["configs_root"], "--seeds", "0", "1", "SOLVER.BASE_LR", "0.01",
+    ])
+    assert ablations.split_seeds_and_opts(args.seeds, args.opts) == ([0, 1], ["SOLVER.BASE_LR", "0.01"])
+    assert ablations.split_seeds_and_opts(None, []) == ([0, 1, 2], [])
+    fake = FakeTrainNet(fail_on=("b", 1))
+    rc = ablations.run_ablation_from_args(args, runner=fake, log=lambda *a: None)
+    assert rc == 1 and len(fake.calls) == 4
+    assert all(c[c.index("SOLVER.BASE_LR") + 1] == "0.01" for c in fake.calls)
+    rec = json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))
+    assert rec["opts"] == ["SOLVER.BASE_LR", "0.01"]
+    assert rec["suite_command"] == "python train_net.py --ablation fake --scale cpu --seeds 0 1 SOLVER.BASE_LR 0.01"
+
+
+def test_train_net_dispatches_ablation_report(tmp_path):
+    """train_net.py --ablation report: the flags reach the runner through detectron2's argument parser."""
+    res = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--ablation", "report", "--results-dir",
+         str(tmp_path / "results"), "--docs-dir", str(tmp_path / "docs")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    report = (tmp_path / "docs" / "ablations.md").read_text()
+    assert "GENERATED" in report and "### Table 2c" in report and "No results yet" in report
+    assert "30.3" in report  # paper numbers shown even without results
+
+
+def test_real_train_net_subprocess_then_eval_only(tmp_path):
+    """One arm, one seed, 2 iterations through the real train_net.py, then --eval-only from its checkpoint."""
+    kw = dict(results_root=str(tmp_path / "results"), output_root=str(tmp_path / "output"))
+    opts = tiny_opts(tmp_path)
+    logs = []
+    out = ablations.run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, log=logs.append, **kw)
+    assert out.status == "done", "\n".join(logs) + open(out.log or os.devnull).read()[-3000:]
+    rec = json.load(open(out.result_file))
+    assert set(rec["metrics"]) == {"bbox", "segm"} and rec["max_iter"] == 2 and rec["wall_s"] > 0
+    assert rec["config"] == "configs/ablations/cpu/2c/roialign_avg.yaml"
+    assert rec["command"].startswith("python train_net.py --config-file configs/ablations/cpu/2c/roialign_avg.yaml")
+    for task in ("bbox", "segm"):
+        per_iou = rec["ap_per_iou"][task]
+        assert len(per_iou) == 10
+        # the recomputed per-IoU APs average to detectron2's own AP (both pycocotools)
+        if not np.isnan(rec["metrics"][task]["AP"]):
+            assert np.mean(per_iou) == pytest.approx(rec["metrics"][task]["AP"], abs=1e-6)
+    out2 = ablations.run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, eval_only=True, log=logs.append, **kw)
+    assert out2.status == "done", "\n".join(logs)
+    rec2 = json.load(open(out2.result_file))
+    assert rec2["metrics"] == rec["metrics"] and rec2["wall_s"] == rec["wall_s"]
