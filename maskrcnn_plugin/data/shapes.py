@@ -132,6 +132,7 @@ def shapes_params(
     max_size_frac=0.6,
     min_instances=2,
     max_instances=8,
+    max_distractors=11,
 ):
     """Validate and normalise the generation parameters into a json-able dict (the cache key)."""
     classes = tuple(classes)
@@ -139,7 +140,7 @@ def shapes_params(
     if unknown or not classes or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct names from {SHAPE_CLASSES}, got {classes!r}")
     ints = dict(seed=seed, num_images=num_images, image_size=image_size, min_size=min_size,
-                min_instances=min_instances, max_instances=max_instances)
+                min_instances=min_instances, max_instances=max_instances, max_distractors=max_distractors)
     for k, v in ints.items():
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{k} must be an int >= 0, got {v!r}")
@@ -163,6 +164,7 @@ def shapes_params(
         "max_size_frac": float(max_size_frac),
         "min_instances": int(min_instances),
         "max_instances": int(max_instances),
+        "max_distractors": int(max_distractors),
     }
 
 
@@ -379,7 +381,7 @@ def _smooth_noise(rng, size, cells, amp):
     return np.asarray(big, dtype=np.float32) - 128.0
 
 
-def _background(rng, size):
+def _background(rng, size, max_distractors):
     corners = rng.uniform(0, 255, size=(2, 2, 3))
     t = np.linspace(0.0, 1.0, size, dtype=np.float32)
     top = corners[0, 0] * (1 - t)[:, None] + corners[0, 1] * t[:, None]  # (W, 3)
@@ -388,7 +390,7 @@ def _background(rng, size):
     bg = bg + _smooth_noise(rng, size, int(rng.integers(3, 9)), rng.uniform(15, 45))
     img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 12))):  # distractors: not instances
+    for _ in range(int(rng.integers(min(3, max_distractors), max_distractors + 1))):  # not instances
         col = tuple(int(c) for c in _random_color(rng))
         d = math.exp(rng.uniform(math.log(6), math.log(0.45 * size)))
         cx, cy = rng.uniform(0, size, size=2)
@@ -501,7 +503,7 @@ def render_image(rng, params):
     label = paint(keep)
 
     # 3. appearance: background + distractors, instances in order, blur, noise
-    img = _background(rng, S)
+    img = _background(rng, S, params["max_distractors"])
     for c in keep:
         img_sl, loc_sl = c["sl"]
         m = c["mask"][loc_sl]
@@ -635,7 +637,8 @@ def generate_shapes(
     temporary sibling directory that is renamed to ``out_dir`` only when complete, so a killed run never
     leaves a partial dataset at ``out_dir``. If ``out_dir`` already holds a complete dataset with the same
     parameters it is reused (unless ``overwrite``); with different parameters a ValueError is raised.
-    Extra keyword arguments (min_size, max_size_frac, min_instances, max_instances) go to `shapes_params`.
+    Extra keyword arguments (min_size, max_size_frac, min_instances, max_instances, max_distractors) go to
+    `shapes_params`.
 
     Returns the path of the COCO-format ``annotations.json``.
     """
