@@ -1,5 +1,6 @@
 """The set-up's detectron2: a proper distribution whose missing compiled ops fail clearly, and whose own
 imports (and Mask R-CNN) work with or without maskrcnn_plugin imported first."""
+import importlib.util
 import subprocess
 import sys
 
@@ -8,9 +9,8 @@ import torch
 
 import detectron2
 
-PYTHON_ONLY = not hasattr(detectron2, "_C") and __import__("importlib").util.find_spec("detectron2._C").origin.endswith(
-    "_C.py"
-)
+# The set-up's own build ships _C as a Python stand-in; a user's source build has a compiled _C.*.so.
+PYTHON_ONLY = importlib.util.find_spec("detectron2._C").origin.endswith("_C.py")
 
 
 def run_python(code):
