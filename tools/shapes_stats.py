@@ -23,8 +23,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pycocotools.mask as mask_util  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
@@ -121,76 +120,42 @@ def size_histogram(st, path, name):
     plt.close(fig)
 
 
-def _draw_own(img, record, meta, scale):
-    """Masks, boxes, labels and keypoints drawn with PIL (fallback when detectron2's Visualizer is unusable)."""
-    h, w = img.shape[:2]
-    out = img.astype(np.float32)
-    colors = [np.array(c, dtype=np.float32) for c in meta.thing_colors]
-    for i, ann in enumerate(record["annotations"]):
-        m = mask_util.decode(ann["segmentation"]).astype(bool)
-        col = np.array(colors[ann["category_id"] % len(colors)]) * 0.6 + np.array(
-            [(i * 97) % 255, (i * 57) % 255, (i * 151) % 255]) * 0.4
-        out[m] = out[m] * 0.45 + col * 0.55
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        out[edge] = 255
-    pil = Image.fromarray(out.clip(0, 255).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(pil)
-    names = meta.get("keypoint_names", None)
-    for ann in record["annotations"]:
-        x, y, bw, bh = (v * scale for v in ann["bbox"])
-        col = tuple(meta.thing_colors[ann["category_id"] % len(meta.thing_colors)])
-        draw.rectangle([x, y, x + bw - 1, y + bh - 1], outline=col, width=2)
-        label = meta.thing_classes[ann["category_id"]]
-        ty = y - 11 if y >= 11 else y + 1  # inside the box when it touches the top border
-        draw.rectangle([x, ty, x + 6 * len(label) + 2, ty + 11], fill=(0, 0, 0))
-        draw.text((x + 1, ty), label, fill=(255, 255, 255))
-        kps = ann.get("keypoints")
-        if names and kps and any(v > 0 for v in kps[2::3]):
-            k = np.array(kps, dtype=np.float64).reshape(-1, 3)
-            pts = {n: (k[j, 0] * scale, k[j, 1] * scale) for j, n in enumerate(names) if k[j, 2] > 0}
-            for a, b, c in meta.keypoint_connection_rules:
-                if a in pts and b in pts:
-                    draw.line([pts[a], pts[b]], fill=tuple(c), width=2)
-            for j, n in enumerate(names):
-                if k[j, 2] > 0:
-                    px, py = k[j, 0] * scale, k[j, 1] * scale
-                    fill = (255, 255, 255) if k[j, 2] == 2 else (255, 0, 0)  # red: occluded (v=1)
-                    draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=fill, outline=(0, 0, 0))
-    return np.asarray(pil)
-
-
 def draw_record(record, meta, scale=2):
-    img = np.asarray(Image.open(record["file_name"]).convert("RGB"))
-    try:
-        from detectron2.utils.visualizer import Visualizer  # needs opencv (cv2)
+    from detectron2.utils.visualizer import Visualizer
 
-        vis = Visualizer(img, meta, scale=scale).draw_dataset_dict(record)
-        return vis.get_image(), "detectron2 Visualizer"
-    except ImportError:
-        # Shift keypoints back from detectron2's continuous coordinates to pixel indices for drawing.
-        rec = dict(record, annotations=[dict(a) for a in record["annotations"]])
-        for a in rec["annotations"]:
-            if a.get("keypoints"):
-                a["keypoints"] = [v - 0.5 if i % 3 != 2 else v for i, v in enumerate(a["keypoints"])]
-        return _draw_own(img, rec, meta, scale), "PIL (detectron2's Visualizer needs opencv, not installed)"
+    img = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+    return Visualizer(img, meta, scale=scale).draw_dataset_dict(record).get_image()
 
 
 def sample_figure(samples, path, scale=2):
     """One row per (dataset, index): the image and the same image with its annotations drawn."""
-    tiles, how = [], None
+    tiles = []
     for dataset, i in samples:
         records = DatasetCatalog.get(dataset)
         meta = MetadataCatalog.get(dataset)
         raw = np.asarray(Image.open(records[i]["file_name"]).convert("RGB"))
         raw = np.asarray(Image.fromarray(raw).resize((raw.shape[1] * scale, raw.shape[0] * scale), Image.NEAREST))
-        drawn, how = draw_record(records[i], meta, scale)
+        drawn = draw_record(records[i], meta, scale)
         gap = np.full((raw.shape[0], 6, 3), 255, np.uint8)
         tiles.append(np.concatenate([raw, gap, drawn], axis=1))
     rows = []
     for t in tiles:
         rows += [t, np.full((6, t.shape[1], 3), 255, np.uint8)]
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
-    return how
+
+
+def write_into_doc(doc, name, text):
+    """Replace the block between ``<!-- BEGIN stats:NAME -->`` and ``<!-- END stats:NAME -->`` in ``doc``."""
+    begin, end = f"<!-- BEGIN stats:{name} -->", f"<!-- END stats:{name} -->"
+    with open(doc) as f:
+        s = f.read()
+    if begin not in s or end not in s:
+        raise SystemExit(f"{doc} has no '{begin}' ... '{end}' block to write the statistics of {name} into")
+    s = s[: s.index(begin) + len(begin)] + "\n" + text + "\n" + s[s.index(end):]
+    tmp = doc + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(s)
+    os.replace(tmp, doc)
 
 
 def main(argv=None):
@@ -200,6 +165,8 @@ def main(argv=None):
                     help="DATASET:INDEX images drawn into shapes_sample.png, one row each")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "images"))
     ap.add_argument("--no-images", action="store_true", help="only print the statistics")
+    ap.add_argument("--write-doc", metavar="MD", help="also write the table into this markdown file, between "
+                    "'<!-- BEGIN stats:DATASET -->' and '<!-- END stats:DATASET -->'")
     args = ap.parse_args(argv)
 
     samples = [(s.rsplit(":", 1)[0], int(s.rsplit(":", 1)[1])) for s in args.samples]
@@ -212,7 +179,10 @@ def main(argv=None):
         coco = json.load(f)
     st = compute_stats(coco)
     command = "python tools/shapes_stats.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(markdown(args.dataset, st, command.strip()))
+    table = markdown(args.dataset, st, command.strip())
+    print(table)
+    if args.write_doc:
+        write_into_doc(args.write_doc, args.dataset, table)
     print(f"\n(dataset ready after {elapsed:.1f} s; json: {json_file})")
     if not args.no_images:
         os.makedirs(args.out_dir, exist_ok=True)
@@ -221,8 +191,8 @@ def main(argv=None):
         for name in dict(samples):
             shapes_data.prepare_dataset(name)
         sample = os.path.join(args.out_dir, "shapes_sample.png")
-        how = sample_figure(samples, sample)
-        print(f"wrote {hist}\nwrote {sample} ({' '.join(args.samples)}, drawn with {how})")
+        sample_figure(samples, sample)
+        print(f"wrote {hist}\nwrote {sample} ({' '.join(args.samples)})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ Difficulty, by design (see docs/shapes_dataset.md):
   unlabelled object fragment is left in the image);
 * cluttered backgrounds: smooth colour gradients + low-frequency colour noise + distractor blobs, polygons
   and lines that are not instances; global blur and pixel noise;
-* random instance colours/textures (solid, gradient, stripes, mottled), so colour does not identify a class.
+* textured instances (solid, gradient, stripes, mottled) whose hue is only a weak hint of the class: by default
+  each class owns a hue band (``class_hue_spread``) that overlaps background clutter and distractors of every
+  hue, so colour helps a from-scratch CPU model get started but never separates an object from the clutter
+  nor gives its mask; ``class_hue_spread=None`` draws colours independent of the class.
 
 Optionally (``with_person=True``) an articulated stick-figure class "person" with 13 named keypoints is added.
 """
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 # Bump when the drawing code changes so cached datasets of an older generator are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPE_CLASSES = ("ring", "crescent", "star", "cross", "hook")
 
@@ -133,6 +136,7 @@ def shapes_params(
     min_instances=2,
     max_instances=8,
     max_distractors=11,
+    class_hue_spread=0.1,
 ):
     """Validate and normalise the generation parameters into a json-able dict (the cache key)."""
     classes = tuple(classes)
@@ -153,6 +157,8 @@ def shapes_params(
             f"need 4 <= min_size < max_size_frac * image_size and 0 < max_size_frac <= 1, got "
             f"min_size={min_size}, max_size_frac={max_size_frac}, image_size={image_size}"
         )
+    if class_hue_spread is not None and not (isinstance(class_hue_spread, (int, float)) and 0 <= class_hue_spread <= 1):
+        raise ValueError(f"class_hue_spread must be None or a number in [0, 1], got {class_hue_spread!r}")
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -165,6 +171,7 @@ def shapes_params(
         "min_instances": int(min_instances),
         "max_instances": int(max_instances),
         "max_distractors": int(max_distractors),
+        "class_hue_spread": None if class_hue_spread is None else float(class_hue_spread),
     }
 
 
@@ -375,6 +382,17 @@ def _random_color(rng, sat=(0.25, 1.0), val=(0.2, 1.0)):
     return np.array([r, g, b]) * 255.0
 
 
+def _instance_color(rng, category, params):
+    """Base colour of one instance: any colour, or (``class_hue_spread`` set) a hue from its class's band."""
+    spread = params.get("class_hue_spread")
+    if spread is None:
+        return _random_color(rng)
+    names = list(params["classes"]) + (["person"] if params["with_person"] else [])
+    hue = (names.index(category) / len(names) + rng.uniform(-spread / 2, spread / 2)) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+    return np.array([r, g, b]) * 255.0
+
+
 def _smooth_noise(rng, size, cells, amp):
     small = rng.normal(128, amp, size=(cells, cells, 3)).clip(0, 255).astype(np.uint8)
     big = Image.fromarray(small).resize((size, size), Image.BICUBIC)
@@ -510,7 +528,7 @@ def render_image(rng, params):
         region = img[img_sl]
         bg_mean = region[m].mean(0)
         for _ in range(8):
-            base = _random_color(rng)
+            base = _instance_color(rng, c["category"], params)
             if np.linalg.norm(base - bg_mean) >= _MIN_CONTRAST:
                 break
         tex = _texture(rng, m.shape[0], m.shape[1], base)
@@ -637,7 +655,8 @@ def generate_shapes(
     temporary sibling directory that is renamed to ``out_dir`` only when complete, so a killed run never
     leaves a partial dataset at ``out_dir``. If ``out_dir`` already holds a complete dataset with the same
     parameters it is reused (unless ``overwrite``); with different parameters a ValueError is raised.
-    Extra keyword arguments (min_size, max_size_frac, min_instances, max_instances, max_distractors) go to
+    Extra keyword arguments (min_size, max_size_frac, min_instances, max_instances, max_distractors,
+    class_hue_spread) go to
     `shapes_params`.
 
     Returns the path of the COCO-format ``annotations.json``.
