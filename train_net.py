@@ -6,20 +6,30 @@
 """
 import json
 import os
+import weakref
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
 import maskrcnn_plugin
+from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer
 from maskrcnn_plugin.data import register_datasets_from_cfg
 from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
 from maskrcnn_plugin.evaluation import build_evaluator
+from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo processes on CPU-only machines
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        # DefaultTrainer.__init__ has just made a plain DetectionCheckpointer; swap in the atomic one before the
+        # PeriodicCheckpointer hook captures it, so a kill while saving never leaves a truncated checkpoint.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
@@ -64,7 +74,7 @@ def main(args):
     if args.eval_only:
         check_weights_exist(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         write_results(cfg, results)
         return results

@@ -1,6 +1,7 @@
-"""Ablation runner: reproduces the Mask R-CNN paper's Table 2a-e with this plugin's components.
+"""Ablation runner: reproduces the Mask R-CNN paper's Tables 2a-e, 4 and 5 with this plugin's components.
 
     python train_net.py --ablation 2c [--scale cpu|coco] [--seeds 0 1 2] [--eval-only] [config opts...]
+    python train_net.py --ablation 5 --scale cpu  # keypoints: RoIPool vs RoIAlign (Table 4: keypoint & mask)
     python train_net.py --ablation all            # every table of the scale
     python train_net.py --ablation report         # only rebuild docs/ablations.md from the stored results
 
@@ -8,7 +9,8 @@ Each arm of a table is an ordinary detectron2 config, ``configs/ablations/<scale
 (runnable alone with ``--config-file``); the arms of a table share their bases and differ only in the ablated
 component. For every arm and seed the runner starts ``train_net.py --config-file <arm> --resume SEED <s>
 OUTPUT_DIR <dir> [opts]`` as a subprocess (a crash of one arm does not stop the suite; a killed arm resumes
-from its last checkpoint), then stores the final bbox/segm metrics, the AP at each IoU threshold 0.50:0.05:0.95
+from its last checkpoint), then stores the final bbox/segm/keypoints metrics (COCOEvaluator's tasks), the AP at
+each IoU threshold 0.50:0.05:0.95
 (recomputed with pycocotools from the arm's ``coco_instances_results.json``), the wall time, the commit and the
 command in ``results/ablations/<scale>/<table>/<arm>/seed<s>.json``. An arm+seed whose results file exists is
 skipped. ``--eval-only`` re-evaluates the existing checkpoints (``<dir>/model_final.pth``) without training.
@@ -16,8 +18,9 @@ Finally the report ``docs/ablations.md`` (paper vs. ours, gains with standard er
 the json summary ``results/ablations/summary.json`` and, for Table 2c/2d, the AP-vs-IoU plots
 ``docs/images/ablation_<table>[_<scale>]_ap_vs_iou.png`` are regenerated from all stored results.
 
-Adding a table (e.g. Table 5, keypoints) = its arm configs + an `AblationTable` entry in `TABLES` (+ its paper
-numbers in `paper_tables.py`).
+Adding a table = its arm configs + an `AblationTable` entry in `TABLES` (+ its paper numbers in
+`paper_tables.py`); Tables 4 and 5 (keypoints) are examples whose metrics come from COCOEvaluator's "keypoints"
+task (`kp_*` in `METRIC_SOURCES`).
 """
 import argparse
 import contextlib
@@ -52,10 +55,12 @@ METRIC_SOURCES = {
     "AP": ("segm", "AP"), "AP50": ("segm", "AP50"), "AP75": ("segm", "AP75"),
     "box_AP": ("bbox", "AP"), "box_AP50": ("bbox", "AP50"), "box_AP75": ("bbox", "AP75"),
     "kp_AP": ("keypoints", "AP"), "kp_AP50": ("keypoints", "AP50"), "kp_AP75": ("keypoints", "AP75"),
+    "kp_APm": ("keypoints", "APm"), "kp_APl": ("keypoints", "APl"),
 }
 METRIC_LABELS = {"AP": "mask AP", "AP50": "mask AP50", "AP75": "mask AP75",
                  "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75",
-                 "kp_AP": "keypoint AP", "kp_AP50": "keypoint AP50", "kp_AP75": "keypoint AP75"}
+                 "kp_AP": "keypoint AP", "kp_AP50": "keypoint AP50", "kp_AP75": "keypoint AP75",
+                 "kp_APm": "keypoint APM", "kp_APl": "keypoint APL"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -248,6 +253,86 @@ COCO_COMMON_NOTE = (
     "for FPN/C5; 14x14 masks for C4, 28x28 for FPN/C5). detectron2's half-pixel RoI convention is used for "
     "RoIWarp and RoIAlign (ALIGNED: True)."
 )
+
+# ------------------------------------------------------------------------------------------------------------
+# Keypoints (paper Section 5): Table 4 (keypoint-only vs. keypoint & mask) and Table 5 (RoIPool vs. RoIAlign)
+# ------------------------------------------------------------------------------------------------------------
+KP_METRICS = ("kp_AP", "kp_AP50", "kp_AP75", "kp_APm", "kp_APl")
+
+CPU_KEYPOINT_NOTE = (
+    "R-18-FPN (FPN width 128, the other CPU tables' model) trained on shapes_kp_train (1000 images of 256 px: "
+    "the 5 shape classes plus the stick-figure `person` with 13 named keypoints, 1-3 persons per image) and "
+    "evaluated on shapes_kp_val (200 images), instead of ImageNet-initialised ResNet-50-FPN on COCO person "
+    "keypoints (17 keypoints). The detector covers all 6 classes (box and mask AP average over them), the "
+    "keypoint branch trains on the RoIs that contain visible keypoints, i.e. persons, so keypoint AP is the "
+    "person class's (the paper's model is person-only). Keypoint head with the paper's structure, shrunk in "
+    "width: 8 x (3x3 conv, 128 channels; paper 512) on 14x14 RoI features, deconv + 2x bilinear upsampling to "
+    "56x56 heatmaps, softmax cross-entropy over the 56x56 locations per keypoint; keypoint AP uses the "
+    "dataset's 13 OKS sigmas (COCO's sigmas of the analogous joints, TEST.KEYPOINT_OKS_SIGMAS). Images are "
+    "256 px, so most persons fall in COCO's 'medium' area range and keypoint APL is often undefined (—). "
+    "Smooth-L1 beta 0.5 for the box head, as in detectron2's keypoint configs. APM / APL follow COCO's area "
+    "ranges (32^2-96^2, > 96^2 pixels)."
+)
+
+COCO_KEYPOINT_NOTE = (
+    "Person keypoints at the paper's Section 5 settings instead of Table 2's: trained on "
+    "keypoints_coco_2017_train (the train images with annotated persons; images without a visible keypoint are "
+    "dropped), training scale sampled from 640-800 px (detectron2's 640:32:800), test at 800 px, 90k "
+    "iterations at 16 images, lr 0.02 divided by 10 at 60k and 80k, box NMS 0.5; one class (person); keypoint "
+    "head 8 x (3x3 conv 512) on 14x14 RoI features, deconv + 2x bilinear upsampling to 56x56, 17 keypoints, "
+    "softmax cross-entropy over the 56x56 locations. Taken from detectron2's keypoint_rcnn_R_50_FPN configs "
+    "(the paper does not state them): 1500 training proposals per image and smooth-L1 beta 0.5 for the box "
+    "head. Evaluated on keypoints_coco_2017_val (minival) with COCO's 17 OKS sigmas."
+)
+
+register_table(AblationTable(
+    key="4",
+    title="Keypoint detection: keypoint-only vs. keypoint & mask",
+    arms={
+        "cpu": [
+            Arm("r18_fpn_kp", "R-18-FPN, keypoint-only", "Mask R-CNN, keypoint-only"),
+            Arm("r18_fpn_kp_mask", "R-18-FPN, keypoint & mask", "Mask R-CNN, keypoint & mask"),
+        ],
+        "coco": [
+            Arm("r50_fpn_kp", "ResNet-50-FPN, keypoint-only", "Mask R-CNN, keypoint-only"),
+            Arm("r50_fpn_kp_mask", "ResNet-50-FPN, keypoint & mask", "Mask R-CNN, keypoint & mask"),
+            Arm("r101_fpn_kp", "ResNet-101-FPN, keypoint-only", None),
+            Arm("r101_fpn_kp_mask", "ResNet-101-FPN, keypoint & mask", None),
+        ],
+    },
+    baseline={"cpu": "r18_fpn_kp", "coco": "r50_fpn_kp"},
+    ablated_keys={"cpu": ("MODEL.MASK_ON",), "coco": ("MODEL.MASK_ON", "MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS")},
+    metrics=KP_METRICS + ("box_AP", "AP"),
+    notes={
+        "cpu": CPU_KEYPOINT_NOTE + " The two arms differ only in MODEL.MASK_ON (the mask branch of the other CPU "
+               "tables: 4 convs of 128 + deconv, 28x28 masks, sigmoid loss). The paper's numbers are COCO "
+               "test-dev; it reports keypoint AP only (box / mask AP here have no paper value). The keypoint-only "
+               "arm has the same config as Table 5's `roialign` arm.",
+        "coco": COCO_KEYPOINT_NOTE + " The paper's Table 4 is COCO test-dev with one model, ResNet-50-FPN (its "
+                "caption), so the ResNet-101-FPN arms have no paper number; these arms are evaluated on minival "
+                "(for test-dev run `--eval-only` with DATASETS.TEST (\"coco_2017_test-dev\",) and submit "
+                "the results json to the evaluation server). Box and mask AP are the person class's and have no "
+                "paper value here. `r50_fpn_kp` has the same config as Table 5's `roialign` arm.",
+    },
+))
+
+register_table(AblationTable(
+    key="5",
+    title="RoIAlign vs. RoIPool for keypoint detection (keypoint-only, FPN)",
+    arms={
+        "cpu": [Arm("roipool", "RoIPool", "RoIPool"), Arm("roialign", "RoIAlign", "RoIAlign")],
+        "coco": [Arm("roipool", "RoIPool", "RoIPool"), Arm("roialign", "RoIAlign", "RoIAlign")],
+    },
+    baseline={"cpu": "roipool", "coco": "roipool"},
+    ablated_keys={"cpu": _EXTRACTOR, "coco": _EXTRACTOR},
+    metrics=KP_METRICS + ("box_AP",),
+    notes={
+        "cpu": CPU_KEYPOINT_NOTE + " The extractor (RoIPool: max over quantized bins; RoIAlign: average of 2x2 "
+               "bilinear samples per bin, no quantization) is used by the box and the keypoint branches.",
+        "coco": COCO_KEYPOINT_NOTE + " ResNet-50-FPN keypoint-only model; the ablated extractor is used by the box "
+                "and keypoint branches.",
+    },
+))
 
 
 def get_table(key):
@@ -512,9 +597,10 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
         record.update(wall_s=wall, command=_display_command(argv), suite_command=suite_command, resumed=resumed)
         _clean_intermediate_checkpoints(out_dir)
     _write_json_atomic(res_file, record)
-    segm = record["metrics"].get("segm", {}).get("AP")
-    bbox = record["metrics"].get("bbox", {}).get("AP")
-    log(f"{tag} done in {wall / 60:.1f} min: mask AP {segm}, box AP {bbox} -> {_rel(res_file)}")
+    aps = ", ".join(f"{label} AP {record['metrics'][task].get('AP')}"
+                    for task, label in (("segm", "mask"), ("bbox", "box"), ("keypoints", "keypoint"))
+                    if task in record["metrics"])
+    log(f"{tag} done in {wall / 60:.1f} min: {aps or 'no AP'} -> {_rel(res_file)}")
     return ArmOutcome(arm, seed, "done", res_file, log_path)
 
 
@@ -808,17 +894,18 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
     summary_path = summary_path or os.path.join(results_root, "summary.json")
     summaries = []
     L = [
-        "# Mask R-CNN ablations (Table 2a–e)",
+        "# Mask R-CNN ablations (Table 2a–e, keypoints: Tables 4 and 5)",
         "",
         "<!-- GENERATED by maskrcnn_plugin/ablations.py from results/ablations/**/seed*.json; do not edit by "
         "hand: rerun `python train_net.py --ablation report` (or any --ablation run) to rebuild. -->",
         "",
         f"Paper numbers: {PAPER_SOURCE}, transcribed in `maskrcnn_plugin/paper_tables.py`. All APs are COCO-style "
-        "AP in percent (mask AP unless marked box), evaluated with pycocotools on the arm's test set; the AP-vs-IoU "
+        "AP in percent (mask AP unless marked box or keypoint; keypoint AP is COCOeval's OKS-based AP, APM / APL "
+        "its medium / large person areas), evaluated with pycocotools on the arm's test set; the AP-vs-IoU "
         "curves are recomputed from each arm's `coco_instances_results.json` with pycocotools' COCOeval precision "
         "array.",
         "",
-        "How to run: `python train_net.py --ablation <2a|2b|2c|2d|2e|all> [--scale cpu|coco] [--seeds 0 1 2] "
+        "How to run: `python train_net.py --ablation <2a|2b|2c|2d|2e|4|5|all> [--scale cpu|coco] [--seeds 0 1 2] "
         "[--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
         "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
         "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped, a "

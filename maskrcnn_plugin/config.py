@@ -2,7 +2,8 @@
 
 `add_maskrcnn_plugin_config(cfg)` follows detectron2 projects' `add_*_config` convention; call it on a fresh
 `get_cfg()` before merging a yaml file. `check_maskrcnn_plugin_config(cfg)` rejects invalid values with the
-key and the valid choices (called when a model is built).
+key and the valid choices, including component names that are in no detectron2 registry (called when our
+poolers are built; call it right after merging a config to fail before any model or data is built).
 """
 import torch
 from detectron2.config import CfgNode as CN
@@ -47,6 +48,13 @@ def add_maskrcnn_plugin_config(cfg):
     # Where generated images and COCO json are cached; "" = $MASKRCNN_PLUGIN_DATA or ./datasets_cache.
     cfg.DATASETS.SHAPES.ROOT = ""
 
+    # ---- Data loading (maskrcnn_plugin/data/mapper.py) ----------------------------------------------------
+    # An image file that cannot be read (missing, truncated, not an image) stops training with an error
+    # naming it (False), or is skipped with a warning naming it, training on another image instead (True;
+    # needs the loader of `build_checked_train_loader`). Test-time loading always raises: skipping there
+    # would silently evaluate on fewer images.
+    cfg.DATALOADER.SKIP_UNREADABLE_IMAGES = False
+
     # ---- Visualisation after evaluation ------------------------------------------------------------------
     # Number of test images whose predictions are drawn (detectron2 Visualizer) into OUTPUT_DIR/vis.
     cfg.TEST.VIS_NUM_IMAGES = 4
@@ -73,8 +81,64 @@ def _check_choice(value, key, choices):
         raise ValueError(f"Invalid config value {key}={value!r}; valid values: {', '.join(map(repr, choices))}.")
 
 
+def _check_registered(name, key, registry):
+    # fvcore's Registry.get only says "No object named 'Foo' found in 'ROI_HEADS' registry!": name the config
+    # key to fix and what would be valid instead.
+    if name not in registry:
+        valid = ", ".join(repr(n) for n, _ in sorted(registry, key=lambda item: item[0]))
+        raise ValueError(
+            f"Invalid config value {key}={name!r}: not in detectron2's {registry._name} registry; "
+            f"registered names: {valid}. (A custom component must be imported, which registers it, before "
+            "the model is built.)"
+        )
+    return registry.get(name)
+
+
+def check_registered_names(cfg):
+    """Raise ValueError naming the key, the value and the registered names for each component name in `cfg`
+    that the model would look up in a detectron2 registry and that is not there.
+
+    Only the names the model would actually use are checked, e.g. MODEL.ROI_BOX_HEAD.NAME (default "") only
+    for StandardROIHeads-like heads, MODEL.ROI_KEYPOINT_HEAD.NAME only with MODEL.KEYPOINT_ON.
+    """
+    from detectron2.modeling import (
+        BACKBONE_REGISTRY,
+        META_ARCH_REGISTRY,
+        PROPOSAL_GENERATOR_REGISTRY,
+        ROI_BOX_HEAD_REGISTRY,
+        ROI_HEADS_REGISTRY,
+        ROI_KEYPOINT_HEAD_REGISTRY,
+        ROI_MASK_HEAD_REGISTRY,
+        GeneralizedRCNN,
+        ProposalNetwork,
+    )
+    from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
+
+    m = cfg.MODEL
+    arch = _check_registered(m.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY)
+    _check_registered(m.BACKBONE.NAME, "MODEL.BACKBONE.NAME", BACKBONE_REGISTRY)
+    if not isinstance(arch, type) or not issubclass(arch, (GeneralizedRCNN, ProposalNetwork)):
+        return  # e.g. RetinaNet, or a custom architecture whose sub-components we cannot know
+    # "PrecomputedProposals" is the builder's own name for "no proposal generator" (proposals from files).
+    if m.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":
+        _check_registered(m.PROPOSAL_GENERATOR.NAME, "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY)
+    if not issubclass(arch, GeneralizedRCNN):
+        return
+    heads = _check_registered(m.ROI_HEADS.NAME, "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY)
+    if not isinstance(heads, type) or not issubclass(heads, (StandardROIHeads, Res5ROIHeads)):
+        return
+    if issubclass(heads, StandardROIHeads):  # Res5ROIHeads has its own box head (res5)
+        _check_registered(m.ROI_BOX_HEAD.NAME, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY)
+    if m.MASK_ON:
+        _check_registered(m.ROI_MASK_HEAD.NAME, "MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY)
+    if m.KEYPOINT_ON:
+        _check_registered(m.ROI_KEYPOINT_HEAD.NAME, "MODEL.ROI_KEYPOINT_HEAD.NAME", ROI_KEYPOINT_HEAD_REGISTRY)
+
+
 def check_maskrcnn_plugin_config(cfg):
-    """Raise ValueError naming the key and its valid values for any invalid plugin setting."""
+    """Raise ValueError naming the key and its valid values for any invalid plugin setting, and for component
+    names that are in no detectron2 registry (`check_registered_names`)."""
+    check_registered_names(cfg)
     cfg = with_plugin_defaults(cfg)
     ex = cfg.MODEL.ROI_EXTRACTOR
     _check_choice(ex.METHOD, "MODEL.ROI_EXTRACTOR.METHOD", ROI_EXTRACTOR_METHODS)
@@ -88,3 +152,5 @@ def check_maskrcnn_plugin_config(cfg):
     dims = cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise ValueError(f"MODEL.ROI_MASK_HEAD.MLP_DIMS must be a list of positive ints, got {dims!r}.")
+    skip = cfg.DATALOADER.get("SKIP_UNREADABLE_IMAGES", False)
+    _check_choice(skip, "DATALOADER.SKIP_UNREADABLE_IMAGES", (True, False))

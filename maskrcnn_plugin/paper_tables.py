@@ -1,16 +1,18 @@
-"""The Mask R-CNN paper's ablation numbers (He, Gkioxari, Dollár, Girshick, ICCV 2017, Table 2a-e).
+"""The Mask R-CNN paper's ablation numbers (He, Gkioxari, Dollár, Girshick, ICCV 2017, Tables 2a-e, 4, 5).
 
 Transcribed from ``shared/reference/paper_tables.md`` (beside the repository: ``../shared/reference/``), the
 project's only source for paper figures; ``tests/test_ablations.py`` parses that file and checks every number
-below against it. All values are COCO minival AP in percent, mask AP unless the metric is prefixed ``box_``
-(Table 2d's "AP bb" columns). A missing metric means the paper does not report it (e.g. the class-agnostic
-mask result of Table 2b is given in the text as AP only).
+below against it. All values are AP in percent: mask AP unless the metric is prefixed ``box_`` (Table 2d's
+"AP bb" columns) or ``kp_`` (keypoint AP, Tables 4 and 5: "AP kp", AP50, AP75, APM, APL). Table 2 and Table 5
+are COCO minival, Table 4 is COCO test-dev. A missing metric means the paper does not report it (e.g. the
+class-agnostic mask result of Table 2b is given in the text as AP only; Table 4 has keypoint AP only).
 
 Layout: ``PAPER_TABLES[table]["rows"][row] = {metric: value}``, where ``row`` is the row label of the md file
-(first column) and ``metric`` one of AP, AP50, AP75, box_AP, box_AP50, box_AP75.
+(first column) and ``metric`` one of AP, AP50, AP75, box_AP, box_AP50, box_AP75, kp_AP, kp_AP50, kp_AP75,
+kp_APm, kp_APl.
 """
 
-PAPER_SOURCE = "shared/reference/paper_tables.md (Mask R-CNN, arXiv 1703.06870, Table 2)"
+PAPER_SOURCE = "shared/reference/paper_tables.md (Mask R-CNN, arXiv 1703.06870, Tables 2, 4, 5)"
 
 PAPER_TABLES = {
     "2a": {
@@ -55,6 +57,24 @@ PAPER_TABLES = {
             "MLP (fc 1024-1024)": {"AP": 31.5, "AP50": 53.7, "AP75": 32.8},
             "MLP (fc 1024-1024-1024)": {"AP": 31.5, "AP50": 54.0, "AP75": 32.6},
             "FCN (4 conv 256)": {"AP": 33.6, "AP50": 55.2, "AP75": 35.3},
+        },
+    },
+    "4": {
+        "title": "Keypoint detection (person), COCO test-dev",
+        "rows": {
+            "CMU-Pose+++": {"kp_AP": 61.8, "kp_AP50": 84.9, "kp_AP75": 67.5, "kp_APm": 57.1, "kp_APl": 68.2},
+            "G-RMI": {"kp_AP": 62.4, "kp_AP50": 84.0, "kp_AP75": 68.5, "kp_APm": 59.1, "kp_APl": 68.1},
+            "Mask R-CNN, keypoint-only": {"kp_AP": 62.7, "kp_AP50": 87.0, "kp_AP75": 68.4, "kp_APm": 57.4,
+                                          "kp_APl": 71.1},
+            "Mask R-CNN, keypoint & mask": {"kp_AP": 63.1, "kp_AP50": 87.3, "kp_AP75": 68.7, "kp_APm": 57.8,
+                                            "kp_APl": 71.4},
+        },
+    },
+    "5": {
+        "title": "RoIAlign vs. RoIPool for keypoint detection (ResNet-50-FPN), COCO minival",
+        "rows": {
+            "RoIPool": {"kp_AP": 59.8, "kp_AP50": 86.2, "kp_AP75": 66.7, "kp_APm": 55.1, "kp_APl": 67.4},
+            "RoIAlign": {"kp_AP": 64.2, "kp_AP50": 86.6, "kp_AP75": 69.7, "kp_APm": 58.7, "kp_APl": 73.0},
         },
     },
 }

@@ -84,10 +84,37 @@ def test_paper_tables_match_reference_md():
     assert float(m.group(2)) == PAPER_TABLES["2b"]["rows"]["sigmoid"]["AP"]
 
 
+_KP_MD_COL = {"kp_AP": "AP kp", "kp_AP50": "AP50", "kp_AP75": "AP75", "kp_APm": "APM", "kp_APl": "APL"}
+
+
+@pytest.mark.skipif(not os.path.isfile(PAPER_MD), reason="shared/reference/paper_tables.md not present")
+def test_keypoint_paper_tables_match_reference_md():
+    """Tables 4 and 5 (keypoint AP, APM, APL) of paper_tables.py against the md file, row by row."""
+    text = open(PAPER_MD, encoding="utf-8").read()
+    for table in ("4", "5"):
+        m = re.search(rf"^## Table {table} —(.*?)(?=^## )", text, flags=re.S | re.M)
+        assert m, table
+        lines = [ln.strip() for ln in m.group(1).splitlines() if ln.strip().startswith("|")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        md_rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+        ours = PAPER_TABLES[table]["rows"]
+        assert [r["method"] for r in md_rows] == list(ours), table
+        for row in md_rows:
+            values = ours[row["method"]]
+            assert set(values) == set(_KP_MD_COL), (table, row["method"])
+            for metric, value in values.items():
+                assert float(row[_KP_MD_COL[metric]]) == value, (table, row["method"], metric)
+    # the keypoint head the configs implement is the one the md file describes
+    assert "8 × (3×3, 512) convs" in text and "56×56" in text and "17 keypoints" in text
+
+
 def test_every_paper_row_named_by_an_arm_exists():
     for tab in TABLES.values():
         for scale, arms in tab.arms.items():
             for arm in arms:
+                if arm.paper_row is None:  # an arm the paper has no number for (Table 4's ResNet-101-FPN)
+                    assert tab.key == "4" and arm.name.startswith("r101"), (tab.key, scale, arm)
+                    continue
                 assert arm.paper_row in PAPER_TABLES[tab.paper_key]["rows"], (tab.key, scale, arm)
 
 
@@ -224,6 +251,18 @@ EXPECTED_ARM_KEYS = {
     ("2a", "r101_fpn"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
     ("2a", "x101_fpn"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.RESNETS.NUM_GROUPS": 32,
                          "MODEL.RESNETS.WIDTH_PER_GROUP": 8, "SOLVER.IMS_PER_BATCH": 8, "SOLVER.BASE_LR": 0.01},
+    ("4", "r18_fpn_kp"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.RESNETS.DEPTH": 18},
+    ("4", "r18_fpn_kp_mask"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": True, "MODEL.RESNETS.DEPTH": 18},
+    ("4", "r50_fpn_kp"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.RESNETS.DEPTH": 50},
+    ("4", "r50_fpn_kp_mask"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": True, "MODEL.RESNETS.DEPTH": 50},
+    ("4", "r101_fpn_kp"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.RESNETS.DEPTH": 101,
+                           "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
+    ("4", "r101_fpn_kp_mask"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": True, "MODEL.RESNETS.DEPTH": 101,
+                                "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
+    ("5", "roipool"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIPool",
+                       "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("5", "roialign"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign",
+                        "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
 }
 
 
@@ -261,7 +300,9 @@ _BACKBONE_CPU = {"MODEL.RESNETS.DEPTH", "MODEL.BACKBONE.NAME", "MODEL.RESNETS.OU
 # Union over a table's arms of the keys in which an arm differs from the baseline arm: exactly the component.
 EXACT_DIFF = {
     **{(t, s): {_MASK + "LOSS", _MASK + "CLS_AGNOSTIC_MASK"} for t, s in [("2b", "cpu"), ("2b", "coco")]},
-    **{(t, s): _EXTR for t in ("2c", "2d") for s in ("cpu", "coco")},
+    **{(t, s): _EXTR for t in ("2c", "2d", "5") for s in ("cpu", "coco")},
+    ("4", "cpu"): {"MODEL.MASK_ON"},
+    ("4", "coco"): {"MODEL.MASK_ON", "MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS"},
     **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
     ("2a", "cpu"): _BACKBONE_CPU,
     # C4 vs FPN also switches the RoI heads (res5 head, 64 RoIs, 300 proposals vs 2fc/4conv, 512, 1000), and
@@ -284,13 +325,71 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
             for a in TABLES[table].arms["cpu"]}
     first = next(iter(vals.values()))
     assert all(v == first for v in vals.values()), vals
-    assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
+    if table in KEYPOINT_TABLES:
+        assert first["DATASETS.TRAIN"] == ("shapes_kp_train",) and first["DATASETS.TEST"] == ("shapes_kp_val",)
+    else:
+        assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
     assert first["MODEL.WEIGHTS"] == ""
+
+
+KEYPOINT_TABLES = ("4", "5")
+
+
+def test_cpu_keypoint_arms_match_the_dataset_and_each_other():
+    """CPU keypoint arms: the shapes_kp metadata (13 keypoints, their OKS sigmas, 6 classes), the paper's head
+    structure (8 convs, 14x14 RoI features -> 56x56 heatmaps), and one schedule for Tables 4 and 5 (Table 4's
+    keypoint-only arm is Table 5's RoIAlign arm)."""
+    from detectron2.data import MetadataCatalog
+
+    from maskrcnn_plugin.data import PERSON_KEYPOINT_NAMES, PERSON_KEYPOINT_OKS_SIGMAS
+
+    meta = MetadataCatalog.get("shapes_kp_train")
+    cfgs = {(t, a.name): load_arm_cfg(arm_config_path(t, "cpu", a.name))
+            for t in KEYPOINT_TABLES for a in TABLES[t].arms["cpu"]}
+    for (t, name), c in cfgs.items():
+        assert c.MODEL.KEYPOINT_ON and c.MODEL.ROI_HEADS.NAME == "AblationStandardROIHeads"
+        assert c.MODEL.ROI_HEADS.NUM_CLASSES == len(meta.thing_classes) == 6
+        kp = c.MODEL.ROI_KEYPOINT_HEAD
+        assert kp.NUM_KEYPOINTS == len(PERSON_KEYPOINT_NAMES) == 13
+        assert tuple(c.TEST.KEYPOINT_OKS_SIGMAS) == pytest.approx(PERSON_KEYPOINT_OKS_SIGMAS)
+        assert kp.NAME == "KRCNNConvDeconvUpsampleHead" and len(kp.CONV_DIMS) == 8 and kp.POOLER_RESOLUTION == 14
+        assert c.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" and c.MODEL.RESNETS.DEPTH == 18
+    schedule = {k: (c.SOLVER.MAX_ITER, tuple(c.SOLVER.STEPS), c.SOLVER.IMS_PER_BATCH, c.SOLVER.BASE_LR)
+                for k, c in cfgs.items()}
+    assert len(set(schedule.values())) == 1, schedule
+    assert not _diff(cfgs[("4", "r18_fpn_kp")], cfgs[("5", "roialign")])
+
+
+def test_coco_keypoint_arms_follow_the_papers_settings():
+    """Section 5: R-FPN person keypoints, scales 640-800, 90k iterations (lr 0.02, /10 at 60k and 80k), keypoint
+    head 8 x conv 512 on 14x14 RoI features -> 56x56 (checked on the built model in test_coco_configs.py)."""
+    for table in KEYPOINT_TABLES:
+        for arm in TABLES[table].arms["coco"]:
+            c = load_arm_cfg(arm_config_path(table, "coco", arm.name))
+            assert c.DATASETS.TRAIN == ("keypoints_coco_2017_train",)
+            assert c.DATASETS.TEST == ("keypoints_coco_2017_val",)
+            assert c.MODEL.KEYPOINT_ON and c.MODEL.ROI_HEADS.NUM_CLASSES == 1
+            assert c.MODEL.MASK_ON == arm.name.endswith("_mask")
+            assert c.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
+            assert c.MODEL.ROI_HEADS.NAME == "AblationStandardROIHeads"
+            assert c.MODEL.RESNETS.DEPTH == (101 if arm.name.startswith("r101") else 50)
+            assert c.MODEL.WEIGHTS == f"detectron2://ImageNetPretrained/MSRA/R-{c.MODEL.RESNETS.DEPTH}.pkl"
+            assert tuple(c.INPUT.MIN_SIZE_TRAIN) == tuple(range(640, 801, 32))
+            assert c.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and c.INPUT.MIN_SIZE_TEST == 800
+            assert c.SOLVER.MAX_ITER == 90000 and tuple(c.SOLVER.STEPS) == (60000, 80000)
+            assert (c.SOLVER.IMS_PER_BATCH, c.SOLVER.BASE_LR) == (16, 0.02)
+            assert c.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.5
+            kp = c.MODEL.ROI_KEYPOINT_HEAD
+            assert tuple(kp.CONV_DIMS) == (512,) * 8 and kp.POOLER_RESOLUTION == 14 and kp.NUM_KEYPOINTS == 17
+            assert list(c.TEST.KEYPOINT_OKS_SIGMAS) == []  # COCOeval's own 17 COCO sigmas
+            assert c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512 and c.MODEL.RPN.POST_NMS_TOPK_TEST == 1000
+            if c.MODEL.MASK_ON:
+                assert c.MODEL.ROI_MASK_HEAD.NUM_CONV == 4 and c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION == 14
 
 
 def test_coco_arms_follow_the_papers_settings():
     for table, scale, arm in ARMS:
-        if scale != "coco":
+        if scale != "coco" or table in KEYPOINT_TABLES:  # Section 5 settings: the test above
             continue
         c = load_arm_cfg(arm_config_path(table, scale, arm))
         assert c.DATASETS.TRAIN == ("coco_2017_train",) and c.DATASETS.TEST == ("coco_2017_val",)
@@ -527,3 +626,37 @@ def test_real_train_net_subprocess_then_eval_only(tmp_path):
     assert out2.status == "done", "\n".join(logs)
     rec2 = json.load(open(out2.result_file))
     assert rec2["metrics"] == rec["metrics"] and rec2["wall_s"] == rec["wall_s"]
+
+
+def test_report_shows_keypoint_metrics_beside_the_papers(tmp_path):
+    """Tables 4/5 read COCOEvaluator's "keypoints" task: keypoint AP/AP50/AP75/APM/APL (mean ± std over seeds,
+    paired gains) next to the paper's; an undefined APL (NaN: no large persons) shows as —."""
+    results_root, docs = tmp_path / "results", tmp_path / "docs"
+    for arm, base_ap in (("roipool", 40.0), ("roialign", 45.0)):
+        for seed in (0, 1, 2):
+            rec = {"table": "5", "scale": "cpu", "arm": arm, "seed": seed, "max_iter": 600, "wall_s": 600.0 + seed,
+                   "metrics": {"bbox": {"AP": 50.0 + seed},
+                               "keypoints": {"AP": base_ap + seed, "AP50": 80.0, "AP75": base_ap,
+                                             "APm": base_ap - 1, "APl": float("nan")}}}
+            path = result_path("5", "cpu", arm, seed, str(results_root))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(rec, f)
+    ablations.write_report(results_root=str(results_root), docs_dir=str(docs), log=lambda *a: None)
+    report = (docs / "ablations.md").read_text()
+    section = report[report.index("### Table 5 — "):]
+    section = section[:section.index("\n### ")] if "\n### " in section else section
+    assert "| **RoIPool** (RoIPool) | keypoint AP | 59.8 | 41.0 ± 1.0 | 3 |  | (baseline) |  |" in section
+    assert re.search(r"\| \*\*RoIAlign\*\* \(RoIAlign\) \| keypoint AP \| 64\.2 \| 46\.0 ± 1\.0 \| 3 \| \+4\.4 \| "
+                     r"\+5\.0 ± 0\.0 \| (yes|no) \|", section), section
+    assert "| keypoint APM | 58.7 | 44.0 ± 0.0 | 3 |" in section
+    assert "| keypoint APL | 73.0 | — | 0 |" in section
+    assert "| box AP | — | 51.0 ± 1.0 | 3 |" in section
+    assert "shapes_kp_train" in section  # schedule line / notes name the keypoint dataset
+    summary = json.load(open(results_root / "summary.json"))
+    t5 = [t for t in summary["tables"] if t["table"] == "5" and t["scale"] == "cpu"][0]
+    assert t5["metrics"] == ["kp_AP", "kp_AP50", "kp_AP75", "kp_APm", "kp_APl", "box_AP"]
+    # Table 4 without results: the paper's keypoint numbers, and "—" for its ResNet-101 arms (COCO scale is only
+    # listed once it has results, so check the CPU section)
+    t4 = report[report.index("### Table 4 — "):]
+    assert "| R-18-FPN, keypoint & mask | Mask R-CNN, keypoint & mask | 63.1 | 87.3 | 68.7 | 57.8 | 71.4 | — | — |" in t4

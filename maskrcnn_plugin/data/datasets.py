@@ -245,6 +245,18 @@ def _valid_bbox(bbox):
     return all(np.isfinite([x, y, w, h])) and w > 0 and h > 0
 
 
+def _clip_bbox(bbox, width, height):
+    """(XYWH bbox clipped to the image as floats, whether it changed), or (None, True) if nothing is left."""
+    x, y, w, h = (float(v) for v in bbox)
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return [x, y, w, h], False
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None, True
+    return [x0, y0, x1 - x0, y1 - y0], True
+
+
 def load_coco_json_checked(json_file, image_root, dataset_name=None):
     """Load a COCO instances json into detectron2 dataset dicts, validating it first.
 
@@ -256,8 +268,12 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
     * an annotation whose category_id is not in "categories" -> ValueError naming the file, the annotation id
       and the valid ids; duplicate image or annotation ids -> ValueError;
     * an image whose file does not exist under ``image_root`` -> FileNotFoundError naming the path;
-    * annotations with a missing/zero-area/negative bbox, or whose polygons all have < 3 points, are dropped
-      (polygons with < 3 points are removed from otherwise valid annotations) and counted in one warning.
+    * annotations with a missing/zero-area/negative bbox, a bbox wholly outside the image, polygons that all
+      have < 3 points, or a mask with no pixel in the image (RLE or polygons) are dropped (polygons with
+      < 3 points are removed from otherwise valid annotations) and counted in one warning: detectron2 would
+      otherwise train the mask head towards an empty target inside a non-empty box;
+    * bboxes partly outside the image are clipped to it (detectron2's mapper clips them too, but the dataset
+      dicts, e.g. for visualisation or repeat-factor sampling, should agree with what is trained on).
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -284,7 +300,7 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
 
     anns_per_image = {i: [] for i in images}
     seen_ann_ids = set()
-    n_bad_box = n_bad_poly_ann = n_bad_poly = n_orphan = 0
+    n_bad_box = n_outside = n_bad_poly_ann = n_bad_poly = n_empty_mask = n_clipped = n_orphan = 0
     for ann in data["annotations"]:
         aid = ann.get("id")
         if aid in seen_ann_ids:
@@ -304,6 +320,12 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
         if not _valid_bbox(ann.get("bbox")):
             n_bad_box += 1
             continue
+        img = images[ann["image_id"]]
+        bbox, clipped = _clip_bbox(ann["bbox"], img["width"], img["height"])
+        if bbox is None:
+            n_outside += 1
+            continue
+        n_clipped += clipped
         segm = ann.get("segmentation")
         if isinstance(segm, list):
             good = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
@@ -312,17 +334,22 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
                 n_bad_poly_ann += 1
                 continue
             segm = good
+            rles = mask_util.frPyObjects(segm, int(img["height"]), int(img["width"]))  # clipped to the image
         elif isinstance(segm, dict):
             if "counts" not in segm or "size" not in segm:
                 raise ValueError(f"{json_file}: annotation id {aid} has an RLE segmentation without counts/size")
             if isinstance(segm["counts"], list):  # uncompressed RLE -> compressed, as detectron2 does
                 segm = mask_util.frPyObjects(segm, *segm["size"])
+            rles = [segm]
         elif segm is not None:
             raise ValueError(f"{json_file}: annotation id {aid} has a segmentation of type {type(segm).__name__}")
+        if segm is not None and not mask_util.area(rles).any():
+            n_empty_mask += 1
+            continue
 
         obj = {
             "iscrowd": ann.get("iscrowd", 0),
-            "bbox": [float(v) for v in ann["bbox"]],
+            "bbox": bbox,
             "bbox_mode": BoxMode.XYWH_ABS,
             "category_id": id_map[cid],
         }
@@ -334,11 +361,19 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
             obj["keypoints"] = [v + 0.5 if i % 3 != 2 else v for i, v in enumerate(kps)]
         anns_per_image[ann["image_id"]].append(obj)
 
-    if n_bad_box or n_bad_poly_ann or n_bad_poly:
+    dropped = [
+        (n_bad_box, "with a missing, zero-area or negative bbox"),
+        (n_outside, "with a bbox wholly outside the image"),
+        (n_bad_poly_ann, "without a valid polygon"),
+        (n_empty_mask, "with an empty mask (no pixel in the image)"),
+    ]
+    if any(n for n, _ in dropped) or n_bad_poly:
         logger.warning(
-            f"{json_file}: dropped {n_bad_box} annotation(s) with a missing, zero-area or negative bbox and "
-            f"{n_bad_poly_ann} annotation(s) without a valid polygon; removed {n_bad_poly} polygon(s) with < 3 points."
+            f"{json_file}: dropped " + (", ".join(f"{n} annotation(s) {why}" for n, why in dropped if n) or "0")
+            + f"; removed {n_bad_poly} polygon(s) with < 3 points."
         )
+    if n_clipped:
+        logger.info(f"{json_file}: clipped {n_clipped} bbox(es) that extend beyond their image to the image.")
     if n_orphan:
         logger.warning(f"{json_file}: {n_orphan} annotation(s) refer to image ids not in 'images'; ignored.")
 
