@@ -10,13 +10,13 @@ import weakref
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
 import maskrcnn_plugin
 from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer
 from maskrcnn_plugin.data import register_datasets_from_cfg
-from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
+from maskrcnn_plugin.data.mapper import CheckedDatasetMapper, build_checked_train_loader
 from maskrcnn_plugin.evaluation import build_evaluator
 from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo processes on CPU-only machines
 
@@ -36,7 +36,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+        return build_checked_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -48,6 +48,8 @@ def setup(args):
     maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # Unknown registry names and invalid plugin values fail here, naming the key and the valid choices.
+    maskrcnn_plugin.check_maskrcnn_plugin_config(cfg)
     cfg.freeze()
     register_datasets_from_cfg(cfg)
     default_setup(cfg, args)

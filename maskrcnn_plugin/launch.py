@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import defaults as d2_defaults
-from detectron2.engine import launch as d2_launch
+from detectron2.engine.launch import _find_free_port
+from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
 
 __all__ = ["launch"]
@@ -28,12 +29,12 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     """
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1 or torch.cuda.is_available():
-        return d2_launch.launch(main_func, num_gpus_per_machine, num_machines=num_machines,
-                                machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
+        return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
+                         machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
     if dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url='auto' only works on one machine; pass --dist-url tcp://<host>:<port>")
-        dist_url = f"tcp://127.0.0.1:{d2_launch._find_free_port()}"
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
