@@ -4,10 +4,11 @@ Importing the package registers every component in detectron2's registries (this
 that happens):
 - ROI_HEADS_REGISTRY: AblationStandardROIHeads, AblationRes5ROIHeads (RoIPool / RoIWarp / RoIAlign, Sec. 3)
 - ROI_MASK_HEAD_REGISTRY: MaskRCNNFCNHead, MaskRCNNMLPHead with sigmoid / softmax mask loss (Sec. 3)
+- ROI_KEYPOINT_HEAD_REGISTRY: MaskRCNNKeypointHead (the paper's keypoint head, Sec. 5; stable inference)
 - DatasetCatalog: the generated `shapes_*` datasets
 Call `add_maskrcnn_plugin_config(cfg)` before merging one of our configs.
 """
-from . import data, mask_head, roi_heads  # noqa: F401  (imported for registration)
+from . import data, keypoint_head, mask_head, roi_heads  # noqa: F401  (imported for registration)
 from .config import add_maskrcnn_plugin_config, check_maskrcnn_plugin_config
 
 __all__ = ["add_maskrcnn_plugin_config", "check_maskrcnn_plugin_config"]

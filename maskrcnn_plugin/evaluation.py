@@ -1,4 +1,5 @@
-"""Evaluation for train_net: detectron2's COCOEvaluator (bbox, segm, keypoints) plus prediction pictures.
+"""Evaluation for train_net: detectron2's COCOEvaluator (bbox, segm, keypoints) plus prediction pictures (boxes,
+masks, and keypoints joined by the dataset's skeleton, `keypoint_connection_rules`).
 
 COCOEvaluator runs on pycocotools (`use_fast_impl=False`) unless detectron2's compiled evaluator is
 present, so the Python-only detectron2 build evaluates too.
@@ -75,12 +76,13 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     )
     evaluators = [coco]
     if cfg.TEST.VIS_NUM_IMAGES > 0:
-        evaluators.append(
-            PredictionVisualizer(
-                dataset_name,
-                os.path.join(cfg.OUTPUT_DIR, "vis", dataset_name),
-                num_images=cfg.TEST.VIS_NUM_IMAGES,
-                score_thresh=cfg.TEST.VIS_SCORE_THRESH,
-            )
+        vis = PredictionVisualizer(
+            dataset_name,
+            os.path.join(cfg.OUTPUT_DIR, "vis", dataset_name),
+            num_images=cfg.TEST.VIS_NUM_IMAGES,
+            score_thresh=cfg.TEST.VIS_SCORE_THRESH,
         )
+        # Before COCOEvaluator: its instances_to_coco_json shifts pred_keypoints by -0.5 px in place (continuous ->
+        # COCO pixel-index coordinates), which would put the drawn keypoints and skeleton half a pixel off.
+        evaluators.insert(0, vis)
     return DatasetEvaluators(evaluators)

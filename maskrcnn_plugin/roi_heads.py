@@ -3,6 +3,12 @@
 `AblationStandardROIHeads` (FPN, or one feature map such as C5 at stride 32) and `AblationRes5ROIHeads` (C4,
 the res5 stage run per RoI) are detectron2's StandardROIHeads / Res5ROIHeads with the pooler swapped, so any
 detectron2 config selects them by name: `MODEL.ROI_HEADS.NAME: AblationStandardROIHeads`.
+
+Keypoints (paper Section 5, Tables 4 and 5): with `MODEL.KEYPOINT_ON`, alone or with `MODEL.MASK_ON`,
+`AblationStandardROIHeads` extracts the keypoint branch's RoI features (`ROI_KEYPOINT_HEAD.POOLER_RESOLUTION`,
+14 in the paper) with the same `MODEL.ROI_EXTRACTOR` operator as the box and mask branches; the keypoint head is
+any registered one (`MaskRCNNKeypointHead` in our configs, see keypoint_head.py). detectron2's Res5ROIHeads has
+no keypoint branch, so neither has `AblationRes5ROIHeads`.
 """
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads

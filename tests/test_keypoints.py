@@ -10,6 +10,7 @@ training runs of the CPU-scale keypoint arms with our ROI heads and RoI extracto
 - training: keypoint-only and keypoint & mask, RoIPool and RoIAlign, a few iterations on tiny images give
   finite losses, and the trained model evaluates with a "keypoints" task.
 """
+import json
 import math
 import os
 
@@ -155,7 +156,8 @@ def test_horizontal_flip_swaps_left_and_right_keypoints(kp_data):
                 j = names.index(partner.get(name, name))  # the keypoint that becomes `name` after the flip
                 if before[j, 2] > 0:
                     assert after[i, 2] == before[j, 2], (name, k)
-                    assert after[i, 0] == pytest.approx(PX - before[j, 0]) and after[i, 1] == pytest.approx(before[j, 1])
+                    assert after[i, 0] == pytest.approx(PX - before[j, 0])
+                    assert after[i, 1] == pytest.approx(before[j, 1])
                     if j != i:
                         checked_pairs += 1
                 else:
@@ -200,6 +202,8 @@ def test_perfect_keypoint_prediction_gives_ap_100(kp_data, tmp_path):
     cfg = _kp_cfg(arm_config_path("4", "cpu", "r18_fpn_kp_mask"), tmp_path, ["TEST.VIS_NUM_IMAGES", "1"])
     assert list(cfg.TEST.KEYPOINT_OKS_SIGMAS) == pytest.approx(PERSON_KEYPOINT_OKS_SIGMAS)
     evaluator = build_evaluator(cfg, VAL_NAME)
+    # the pictures are drawn before COCOEvaluator shifts pred_keypoints in place
+    assert [type(e).__name__ for e in evaluator._evaluators] == ["PredictionVisualizer", "COCOEvaluator"]
     evaluator.reset()
     records = DatasetCatalog.get(VAL_NAME)
     assert any(a["category_id"] == PERSON for r in records for a in r["annotations"])
@@ -273,7 +277,8 @@ def test_short_train_finite_losses_and_keypoint_evaluation(kp_data, tmp_path, ar
 
     table, name = arm
     cfg = _kp_cfg(arm_config_path(table, "cpu", name), tmp_path, [
-        "MODEL.ROI_EXTRACTOR.METHOD", method, "MODEL.ROI_EXTRACTOR.AGGREGATION", "max" if method == "RoIPool" else "avg",
+        "MODEL.ROI_EXTRACTOR.METHOD", method,
+        "MODEL.ROI_EXTRACTOR.AGGREGATION", "max" if method == "RoIPool" else "avg",
         "INPUT.MIN_SIZE_TRAIN", f"({PX},)", "INPUT.MAX_SIZE_TRAIN", str(PX),
         "INPUT.MIN_SIZE_TEST", str(PX), "INPUT.MAX_SIZE_TEST", str(PX),
         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.VIS_NUM_IMAGES", "0",
@@ -317,3 +322,123 @@ def test_short_train_finite_losses_and_keypoint_evaluation(kp_data, tmp_path, ar
     res = inference_on_dataset(model, test_loader, build_evaluator(cfg, VAL_NAME))
     assert set(res) == {"bbox", "keypoints"} | ({"segm"} if cfg.MODEL.MASK_ON else set())
     assert set(res["keypoints"]) >= {"AP", "AP50", "AP75", "APm", "APl"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MaskRCNNKeypointHead: detectron2's head, inference without the score underflow
+# ------------------------------------------------------------------------------------------------------------
+def _rois(n, g):
+    xy = torch.rand(n, 2, generator=g) * 100
+    wh = torch.cat([torch.tensor([[0.4, 0.7], [1.0, 1.0], [3.3, 80.2]]), 1 + torch.rand(n - 3, 2, generator=g) * 120])
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def test_stable_heatmaps_to_keypoints_equals_detectron2_on_ordinary_logits():
+    from detectron2.structures.keypoints import heatmaps_to_keypoints
+
+    from maskrcnn_plugin.keypoint_head import heatmaps_to_keypoints_stable
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(12, 13, 56, 56, generator=g) * 6
+    rois = _rois(12, g)
+    ours, ref = heatmaps_to_keypoints_stable(maps, rois), heatmaps_to_keypoints(maps, rois)
+    torch.testing.assert_close(ours[..., :3], ref[..., :3], rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours[..., 3], ref[..., 3], rtol=1e-4, atol=1e-12)
+    assert heatmaps_to_keypoints_stable(maps[:0], rois[:0]).shape == (0, 13, 4)
+
+
+def test_stable_heatmaps_to_keypoints_survives_bicubic_overshoot():
+    """Logits spanning hundreds: the bicubic maximum overshoots every heatmap value by > 88, detectron2's
+    normaliser underflows to 0 (score inf/nan, its assert fires); ours gives the argmax and a finite score."""
+    from detectron2.structures.keypoints import heatmaps_to_keypoints
+
+    from maskrcnn_plugin.keypoint_head import heatmaps_to_keypoints_stable
+
+    maps = torch.full((1, 1, 56, 56), -600.0)
+    maps[0, 0, 20, 30] = 0.0  # an isolated peak: bicubic upsampling rings around it ...
+    maps[0, 0, 20, 31] = 0.0
+    maps[0, 0, 21, 30] = 0.0
+    maps[0, 0, 21, 31] = 0.0
+    rois = torch.tensor([[10.0, 10.0, 10.0 + 200.0, 10.0 + 200.0]])  # ... when enlarged ~3.6x
+    resized = torch.nn.functional.interpolate(maps, size=(200, 200), mode="bicubic", align_corners=False)
+    assert resized.max() - maps.max() > 88  # the overshoot that underflows detectron2's normaliser
+    with pytest.raises(AssertionError):
+        heatmaps_to_keypoints(maps, rois)
+    out = heatmaps_to_keypoints_stable(maps, rois)
+    assert torch.isfinite(out).all()
+    assert out[0, 0, 3].item() == pytest.approx(math.exp(20.0), rel=1e-5)  # exp(233 - 0) capped at e^20
+    pos = int(resized.flatten().argmax())
+    assert out[0, 0, 0].item() == pytest.approx(10 + pos % 200 + 0.5)
+    assert out[0, 0, 1].item() == pytest.approx(10 + pos // 200 + 0.5)
+    assert out[0, 0, 2].item() == pytest.approx(resized.max().item())
+
+
+def test_keypoint_head_is_detectron2s_with_stable_inference():
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.roi_heads.keypoint_head import build_keypoint_head
+
+    cfg = get_cfg()
+    cfg.MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS = (16, 16)
+    cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = 13
+    shape = ShapeSpec(channels=8, height=14, width=14)
+    torch.manual_seed(0)
+    stock = build_keypoint_head(cfg, shape)
+    cfg.MODEL.ROI_KEYPOINT_HEAD.NAME = "MaskRCNNKeypointHead"
+    ours = build_keypoint_head(cfg, shape)
+    assert type(ours).__name__ == "MaskRCNNKeypointHead"
+    ours.load_state_dict(stock.state_dict(), strict=True)  # same parameters: checkpoints interchange
+    x = torch.randn(3, 8, 14, 14)
+
+    def boxes():
+        inst = Instances((200, 200))
+        inst.pred_boxes = Boxes(torch.tensor([[10.0, 20.0, 60.0, 90.0], [0.0, 0.0, 30.5, 20.2],
+                                              [5.0, 5.0, 150.0, 180.0]]))
+        return inst
+
+    with torch.no_grad():
+        a = stock.eval()(x, [boxes()])[0]
+        b = ours.eval()(x, [boxes()])[0]
+    torch.testing.assert_close(b.pred_keypoints[..., :2], a.pred_keypoints[..., :2], rtol=0, atol=1e-4)
+    torch.testing.assert_close(b.pred_keypoints[..., 2], a.pred_keypoints[..., 2], rtol=1e-4, atol=1e-12)
+    assert torch.equal(a.pred_keypoint_heatmaps, b.pred_keypoint_heatmaps)
+    # training: the same loss
+    from detectron2.utils.events import EventStorage
+
+    inst = Instances((200, 200))
+    inst.proposal_boxes = Boxes(torch.tensor([[10.0, 20.0, 60.0, 90.0]]))
+    inst.gt_keypoints = Keypoints(torch.tensor([[[30.0 + k, 40.0 + 2 * k, 2.0] for k in range(13)]]))
+    with EventStorage(0):
+        la = stock.train()(x[:1], [inst])["loss_keypoint"]
+        lb = ours.train()(x[:1], [inst])["loss_keypoint"]
+    assert la.item() == pytest.approx(lb.item())
+
+
+def test_ablation_runner_trains_and_evaluates_a_keypoint_arm(tmp_path):
+    """`train_net.py --ablation 5` path for one arm: the real train_net.py subprocess (2 iterations, tiny shapes_kp
+    data), COCOEvaluator's keypoints task in the stored results, which the report reads as kp_AP."""
+    from maskrcnn_plugin import ablations
+
+    opts = [
+        "DATASETS.SHAPES.ROOT", str(tmp_path / "data"),
+        "DATASETS.TRAIN", "('shapes_kp_kpabltrain_s5_n8_px128',)",
+        "DATASETS.TEST", "('shapes_kp_kpablval_s6_n3_px128',)",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+        "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "TEST.VIS_NUM_IMAGES", "1",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10",
+    ]
+    logs = []
+    out = ablations.run_arm("5", "cpu", "roialign", 0, opts=opts, log=logs.append,
+                            results_root=str(tmp_path / "results"), output_root=str(tmp_path / "output"))
+    assert out.status == "done", "\n".join(logs) + open(out.log or os.devnull).read()[-3000:]
+    rec = json.load(open(out.result_file))
+    assert set(rec["metrics"]) == {"bbox", "keypoints"}
+    assert set(rec["metrics"]["keypoints"]) >= {"AP", "AP50", "AP75", "APm", "APl"}
+    assert rec["config"] == "configs/ablations/cpu/5/roialign.yaml" and rec["max_iter"] == 2
+    kp_ap = ablations.metric_value(rec, "kp_AP")
+    assert kp_ap is None or 0.0 <= kp_ap <= 100.0
+    assert any("keypoint AP" in line for line in logs), logs
+    pictures = os.listdir(os.path.join(str(tmp_path / "output"), "cpu", "5", "roialign", "seed0", "vis",
+                                       "shapes_kp_kpablval_s6_n3_px128"))
+    assert pictures
