@@ -616,15 +616,22 @@ def _torch_threads():
         return None
 
 
-def run_table(table, scale="cpu", seeds=DEFAULT_SEEDS, *, eval_only=False, opts=(), num_gpus=1,
+def run_table(table, scale="cpu", seeds=DEFAULT_SEEDS, *, arms=None, eval_only=False, opts=(), num_gpus=1,
               configs_root=CONFIGS_ROOT, results_root=RESULTS_ROOT, output_root=OUTPUT_ROOT, docs_dir=DOCS_DIR,
               suite_command=None, runner=None, log=print, report=True):
-    """Run every arm x seed of `table` (seed-major: all arms of seed 0 first, so a partial suite is balanced),
-    then regenerate the report. Returns the list of ArmOutcome."""
+    """Run every arm (or only ``arms``, in the table's order) x seed of `table` (seed-major: all arms of seed 0
+    first, so a partial suite is balanced), then regenerate the report. Returns the list of ArmOutcome."""
     tab = get_table(table)
+    names = [a.name for a in tab.arms_for(scale)]
+    unknown = sorted(set(arms or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--arms {' '.join(unknown)}: not an arm of table {tab.key} at scale {scale}; "
+                         f"its arms are {', '.join(names)}")
     outcomes = []
     for seed in seeds:
         for arm in tab.arms_for(scale):
+            if arms and arm.name not in arms:
+                continue
             outcomes.append(run_arm(
                 tab.key, scale, arm.name, seed, eval_only=eval_only, opts=opts, num_gpus=num_gpus,
                 configs_root=configs_root, results_root=results_root, output_root=output_root,
@@ -958,6 +965,8 @@ def add_ablation_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--scale", choices=SCALES, default="cpu", help="configs/ablations/<scale> (default cpu)")
     # Strings, so that config overrides after the seeds are not swallowed as invalid ints (see split below).
     g.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="seeds (default 0 1 2)")
+    g.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="only these arms of the table (e.g. roipool roialign_avg); default: all")
     g.add_argument("--results-dir", default=RESULTS_ROOT, help="where the per-arm results json go")
     g.add_argument("--ablation-output", default=OUTPUT_ROOT, help="checkpoints / logs of the arms")
     g.add_argument("--docs-dir", default=DOCS_DIR, help="where ablations.md and images/ are written")
@@ -989,13 +998,17 @@ def run_ablation_from_args(args, runner=None, log=print):
         raise SystemExit("--ablation takes its configs from configs/ablations/<scale>/<table>/; drop --config-file")
     tables = [t for t in TABLES.values() if args.scale in t.arms] if args.ablation == "all" else [
         get_table(args.ablation)]
-    suite = "python train_net.py --ablation {} --scale {} --seeds {}{}{}".format(
-        args.ablation, args.scale, " ".join(map(str, seeds)), " --eval-only" if args.eval_only else "",
+    arms = getattr(args, "arms", None)
+    if arms and len(tables) != 1:
+        raise SystemExit("--arms needs one table (--ablation 2c, not all)")
+    suite = "python train_net.py --ablation {} --scale {} --seeds {}{}{}{}".format(
+        args.ablation, args.scale, " ".join(map(str, seeds)), f" --arms {' '.join(arms)}" if arms else "",
+        " --eval-only" if args.eval_only else "",
         (" " + " ".join(shlex.quote(o) for o in opts)) if opts else "")
     outcomes = []
     for tab in tables:
         outcomes += run_table(
-            tab.key, args.scale, seeds, eval_only=args.eval_only, opts=opts, num_gpus=args.num_gpus,
+            tab.key, args.scale, seeds, arms=arms, eval_only=args.eval_only, opts=opts, num_gpus=args.num_gpus,
             configs_root=args.ablation_configs, results_root=args.results_dir, output_root=args.ablation_output,
             docs_dir=args.docs_dir, suite_command=suite, runner=runner, log=log, report=False,
         )

@@ -596,6 +596,23 @@ def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
     assert rec["suite_command"] == "python train_net.py --ablation fake --scale cpu --seeds 0 1 SOLVER.BASE_LR 0.01"
 
 
+def test_arms_flag_runs_only_the_named_arms(fake_table):
+    from detectron2.engine import default_argument_parser
+
+    parser = ablations.add_ablation_arguments(default_argument_parser())
+    common = ["--ablation", "fake", "--results-dir", fake_table["results_root"], "--ablation-output",
+              fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
+              fake_table["configs_root"], "--seeds", "0", "1"]
+    fake = FakeTrainNet()
+    assert ablations.run_ablation_from_args(parser.parse_args(common + ["--arms", "b"]), runner=fake,
+                                            log=lambda *a: None) == 0
+    assert [(_opt(c, "SEED"), "b.yaml" in " ".join(c)) for c in fake.calls] == [("0", True), ("1", True)]
+    rec = json.load(open(result_path("fake", "cpu", "b", 1, fake_table["results_root"])))
+    assert "--arms b" in rec["suite_command"]
+    with pytest.raises(ValueError, match="its arms are a, b"):
+        ablations.run_ablation_from_args(parser.parse_args(common + ["--arms", "c"]), runner=fake, log=lambda *a: None)
+
+
 def test_train_net_dispatches_ablation_report(tmp_path):
     """train_net.py --ablation report: the flags reach the runner through detectron2's argument parser."""
     res = subprocess.run(
