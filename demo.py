@@ -14,6 +14,7 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -91,8 +92,6 @@ def main(argv=None):
     files = input_files(args)
     predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
-    from PIL import Image
-
     written = []
     for path in files:
         drawn, n = draw_predictions(predictor, metadata, path, cfg.INPUT.FORMAT)

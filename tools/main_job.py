@@ -26,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from maskrcnn_plugin import ablations  # noqa: E402
+from tools.markdown_blocks import write_marked_block  # noqa: E402
 
 DEFAULT_CONFIG = "configs/shapes/mask_rcnn_R18_FPN_shapes.yaml"
 RESULTS_DIR = os.path.join(REPO, "results", "main_job")
@@ -112,16 +113,7 @@ def report_markdown(records):
 
 
 def write_readme(records, readme=README):
-    begin, end = "<!-- BEGIN main_job -->", "<!-- END main_job -->"
-    with open(readme) as f:
-        s = f.read()
-    if begin not in s or end not in s:
-        raise SystemExit(f"{readme} has no '{begin}' ... '{end}' block for the main-job table")
-    s = s[: s.index(begin) + len(begin)] + "\n" + report_markdown(records) + "\n" + s[s.index(end):]
-    tmp = readme + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(s)
-    os.replace(tmp, readme)
+    write_marked_block(readme, "main_job", report_markdown(records))
 
 
 def load_records():

@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 import maskrcnn_plugin.data as shapes_data  # noqa: E402
+from tools.markdown_blocks import write_marked_block  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,20 +145,6 @@ def sample_figure(samples, path, scale=2):
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
 
 
-def write_into_doc(doc, name, text):
-    """Replace the block between ``<!-- BEGIN stats:NAME -->`` and ``<!-- END stats:NAME -->`` in ``doc``."""
-    begin, end = f"<!-- BEGIN stats:{name} -->", f"<!-- END stats:{name} -->"
-    with open(doc) as f:
-        s = f.read()
-    if begin not in s or end not in s:
-        raise SystemExit(f"{doc} has no '{begin}' ... '{end}' block to write the statistics of {name} into")
-    s = s[: s.index(begin) + len(begin)] + "\n" + text + "\n" + s[s.index(end):]
-    tmp = doc + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(s)
-    os.replace(tmp, doc)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes_train", help="registered or shapes_<split>_s<seed>_n<num>_px<size>")
@@ -182,7 +169,7 @@ def main(argv=None):
     table = markdown(args.dataset, st, command.strip())
     print(table)
     if args.write_doc:
-        write_into_doc(args.write_doc, args.dataset, table)
+        write_marked_block(args.write_doc, f"stats:{args.dataset}", table)
     print(f"\n(dataset ready after {elapsed:.1f} s; json: {json_file})")
     if not args.no_images:
         os.makedirs(args.out_dir, exist_ok=True)
