@@ -10,7 +10,13 @@ shapes_val         1      200     256   same
 shapes_test        2      200     256   same
 shapes_kp_train    0      1000    256   same + person (13 keypoints)
 shapes_kp_val      1      200     256   same + person
+shapes_large_train 0      1000    256   same as shapes_train, objects 32 px .. 0.8 x image side
+shapes_large_val   1      200     256   same as shapes_val, objects 32 px .. 0.8 x image side
 =================  =====  ======  ====  ===========================
+
+The ``shapes_large_*`` pair serves the single stride-32 map of Table 2d: with the default sizes (12 px ..
+0.6 x side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at
+800 px; from 32 px up most cover two to six.
 
 Other variants are named ``shapes_<split>_s<seed>_n<num>_px<size>`` (``shapes_kp_...`` with persons) and are
 registered on demand by `ensure_registered` / `register_datasets_from_cfg`, or explicitly by `register_shapes`.
@@ -55,6 +61,8 @@ BUILTIN_SHAPES = {
     "shapes_test": dict(seed=2, num_images=200, image_size=256),
     "shapes_kp_train": dict(seed=0, num_images=1000, image_size=256, with_person=True),
     "shapes_kp_val": dict(seed=1, num_images=200, image_size=256, with_person=True),
+    "shapes_large_train": dict(seed=0, num_images=1000, image_size=256, min_size=32, max_size_frac=0.8),
+    "shapes_large_val": dict(seed=1, num_images=200, image_size=256, min_size=32, max_size_frac=0.8),
 }
 
 # shapes_<split>_s<seed>_n<num>_px<size>, shapes_kp_<split>_s<seed>_n<num>_px<size>
