@@ -29,10 +29,11 @@ each in turn), so background load affects them alike.
    understates the paste cost of real detections), with the agreement of the fast paste's masks with
    detectron2's (per-instance IoU, share of identical instances).
 3. Training, s / iteration (forward + backward + SGD step, no data loading) of the CPU-scale default
-   `configs/shapes/mask_rcnn_R18_FPN_shapes.yaml`: plugin vs the same model with stock detectron2 heads
-   (StandardROIHeads + ROIAlignV2 with the same sampling ratio + MaskRCNNConvUpsampleHead), same weights, same
-   batches (generated shapes images, SOLVER.IMS_PER_BATCH of them), same RNG seed per iteration (so the same
-   RoIs are sampled); the first iteration's losses are compared.
+   `configs/shapes/mask_rcnn_R18_FPN_shapes.yaml` and of the stride-32 `configs/shapes/mask_rcnn_R18_C5_shapes.yaml`:
+   plugin vs the same model with stock detectron2 heads (StandardROIHeads + ROIAlignV2 with the same sampling
+   ratio + MaskRCNNConvUpsampleHead) and vs those heads with ROIPool; same weights, same batches (generated
+   shapes images, SOLVER.IMS_PER_BATCH of them), same RNG seed per iteration (so the same RoIs are sampled);
+   the first iteration's losses of plugin and stock ROIAlignV2 are compared.
 4. Peak resident memory: each configuration in its own fresh subprocess (same weights and inputs, loaded
    from files). Once the model is built and the inputs are loaded, the kernel's peak-RSS mark is reset
    (/proc/self/clear_refs = 5); VmHWM is read after the measured runs (--mem-runs passes over all images,
@@ -88,6 +89,9 @@ from maskrcnn_plugin.paste import detector_postprocess_fast, paste_masks_in_imag
 PLUGIN_R50 = "configs/ablations/coco/2a/r50_fpn.yaml"
 STOCK_R50 = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 TRAIN_CFG = "configs/shapes/mask_rcnn_R18_FPN_shapes.yaml"
+# Training is also timed on the stride-32 C5 model, where the issue's RoIAlign-vs-ROIPool cost was measured.
+TRAIN_CFGS = [TRAIN_CFG, "configs/shapes/mask_rcnn_R18_C5_shapes.yaml"]
+TRAIN_MODELS = ["plugin", "detectron2 heads", "detectron2 heads, ROIPool"]
 STAGES = ["preprocess", "backbone", "rpn", "box", "box_pool", "mask", "mask_pool", "paste", "total"]
 STAGE_LABELS = {
     "preprocess": "preprocess (normalise, pad)",
@@ -238,12 +242,12 @@ def r50_configs(s, fast_paste=False):
     return plugin, stock
 
 
-def train_configs(s):
-    """(plugin cfg, stock-heads cfg) for the training comparison: the CPU-scale default config, and the same
-    config with detectron2's own heads and pooler."""
+def train_configs(s, config_file=TRAIN_CFG):
+    """(plugin cfg, stock-heads cfg) for the training comparison: a CPU-scale config (default: the README's
+    model), and the same config with detectron2's own heads and pooler."""
     plugin = get_cfg()
     maskrcnn_plugin.add_maskrcnn_plugin_config(plugin)
-    plugin.merge_from_file(str(ROOT / TRAIN_CFG))
+    plugin.merge_from_file(str(ROOT / config_file))
     plugin.MODEL.DEVICE = "cpu"
     plugin.MODEL.WEIGHTS = ""
     stock = plugin.clone()
@@ -561,13 +565,25 @@ def train_batch_size(s, cfg):
 
 
 def bench_training(s, log):
-    cfg_plugin, cfg_stock = train_configs(s)
+    return {cfg: _bench_training_config(s, log, cfg) for cfg in TRAIN_CFGS}
+
+
+def _bench_training_config(s, log, config_file):
+    """Plugin (RoIAlign) vs stock heads with ROIAlignV2 (same weights: outputs must agree) and with ROIPool
+    (the cheap stock operator: the issue's target is RoIAlign training at no more than its cost)."""
+    cfg_plugin, cfg_stock = train_configs(s, config_file)
     plugin, stock = build_pair(cfg_plugin, cfg_stock, s["seed"])
+    cfg_pool = cfg_stock.clone()
+    for head in (cfg_pool.MODEL.ROI_BOX_HEAD, cfg_pool.MODEL.ROI_MASK_HEAD):
+        head.POOLER_TYPE = "ROIPool"
+    stock_pool = build_model(cfg_pool)
+    stock_pool.load_state_dict(stock.state_dict(), strict=True)
     batch = train_batch_size(s, cfg_plugin)
     n_iter = s["train_warmup"] + s["train_repeats"]
     batches = make_train_batches(min(n_iter, 4), batch, s["train_size"], s["seed"] + 1)
     models = {"plugin": (plugin.train(), _optimizer(cfg_plugin, plugin)),
-              "detectron2 heads": (stock.train(), _optimizer(cfg_stock, stock))}
+              "detectron2 heads": (stock.train(), _optimizer(cfg_stock, stock)),
+              "detectron2 heads, ROIPool": (stock_pool.train(), _optimizer(cfg_pool, stock_pool))}
     samples = {k: {p: [] for p in ("forward", "backward", "step", "iteration")} for k in models}
     first_losses = {}
     for it in range(n_iter):
@@ -578,7 +594,7 @@ def bench_training(s, log):
             if it >= s["train_warmup"]:
                 for p in t:
                     samples[name][p].append(t[p])
-        log(f"training iteration {it + 1}/{n_iter}" + (" (warm-up)" if it < s["train_warmup"] else ""))
+        log(f"training {config_file} iteration {it + 1}/{n_iter}" + (" (warm-up)" if it < s["train_warmup"] else ""))
     a, b = first_losses["plugin"], first_losses["detectron2 heads"]
     loss_diff = {k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a}
     return {"s_per_iter": {k: {p: statistics.median(v) for p, v in d.items()} for k, d in samples.items()},
@@ -791,22 +807,23 @@ def render_markdown(res):
             f"{agree(ck['fast_paste_vs_detectron2_paste_synthetic'])}. Plugin vs detectron2 stock outputs (same weights): "
             f"{json.dumps(ck['plugin_vs_stock_same_weights'])}.",
         ]
-    if "training" in res:
-        tr = res["training"]
+    for config_file, tr in res.get("training", {}).items():
         sp = tr["s_per_iter"]
-        a, b = sp["plugin"], sp["detectron2 heads"]
+        a, b, c = (sp[k] for k in TRAIN_MODELS)
         lines += [
             "",
-            f"### Training, s / iteration (`{TRAIN_CFG}`, batch {tr['batch']} x {tr['image_size']} px, median of "
+            f"### Training, s / iteration (`{config_file}`, batch {tr['batch']} x {tr['image_size']} px, median of "
             f"{s['train_repeats']} after {s['train_warmup']} warm-up; no data loading)",
             "",
-            "| part | plugin | detectron2 heads | plugin / detectron2 |",
-            "|---|---:|---:|---:|",
+            "| part | plugin (RoIAlign) | detectron2 heads, ROIAlignV2 | detectron2 heads, ROIPool "
+            "| plugin / detectron2 ROIAlignV2 | plugin / detectron2 ROIPool |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for p in ("forward", "backward", "step", "iteration"):
-            lines.append(f"| {p} | {a[p]:.3f} | {b[p]:.3f} | {_ratio(a[p], b[p])} |")
+            lines.append(f"| {p} | {a[p]:.3f} | {b[p]:.3f} | {c[p]:.3f} | {_ratio(a[p], b[p])} | {_ratio(a[p], c[p])} |")
         worst = max(tr["first_iteration_loss_rel_diff"].values()) if tr["first_iteration_loss_rel_diff"] else 0.0
-        lines += ["", f"First iteration, same weights and batch: largest relative loss difference {worst:.1e}."]
+        lines += ["", "First iteration, plugin vs detectron2 ROIAlignV2 heads (same weights and batch): largest relative "
+                  f"loss difference {worst:.1e}."]
     if "memory" in res:
         mem = res["memory"]
         lines += [

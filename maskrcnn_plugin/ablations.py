@@ -519,6 +519,31 @@ def _clean_intermediate_checkpoints(output_dir):
             os.remove(os.path.join(output_dir, name))
 
 
+CONFIG_STAMP = "arm_config_hash.txt"
+
+
+def _set_aside_stale_output(out_dir, current_hash, tag, log):
+    """A checkpoint in `out_dir` resumes training only if it was trained with the arm's current config.
+
+    The runner stamps the config hash into the output directory before training. An output directory with
+    checkpoints and another (or no) stamp -- e.g. the arm's config or dataset changed since -- is renamed
+    to `<out_dir>.stale-<n>` (kept, not deleted), so the arm trains from scratch instead of silently
+    resuming, or re-evaluating, a model of the old config."""
+    has_checkpoint = any(os.path.isfile(os.path.join(out_dir, n)) for n in ("last_checkpoint", "model_final.pth"))
+    stamp_file = os.path.join(out_dir, CONFIG_STAMP)
+    stamp = open(stamp_file).read().strip() if os.path.isfile(stamp_file) else None
+    if has_checkpoint and stamp != current_hash:
+        n = 0
+        while os.path.exists(f"{out_dir}.stale-{n}"):
+            n += 1
+        os.replace(out_dir, f"{out_dir}.stale-{n}")
+        log(f"{tag} WARNING: {_rel(out_dir)} holds checkpoints of another config (hash {stamp} != "
+            f"{current_hash}); moved to {_rel(out_dir)}.stale-{n}, training from scratch")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(stamp_file, "w") as f:
+        f.write(current_hash + "\n")
+
+
 @dataclass
 class ArmOutcome:
     arm: str
@@ -540,11 +565,11 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     tag = f"[{scale} {tab.key}/{arm} seed {seed}]"
     run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
     previous = None
+    current = config_hash(load_arm_cfg(config_file, run_opts))
     if os.path.isfile(res_file):
         with open(res_file) as f:
             previous = json.load(f)
         if not eval_only:
-            current = config_hash(load_arm_cfg(config_file, run_opts))
             if previous.get("config_hash") not in (None, current):
                 log(f"{tag} WARNING: the stored results were produced with a different config (hash "
                     f"{previous.get('config_hash')} != {current}); delete {_rel(res_file)} to rerun this arm")
@@ -555,6 +580,14 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
         argv += ["--num-gpus", str(num_gpus)]
     argv += ["--config-file", config_file]
     checkpoint = os.path.join(out_dir, "model_final.pth")
+    stamp_file = os.path.join(out_dir, CONFIG_STAMP)
+    if eval_only and os.path.isfile(stamp_file) and open(stamp_file).read().strip() != current:
+        log(f"{tag} --eval-only: {_rel(checkpoint)} was trained with another config; not evaluated "
+            f"(rerun the arm without --eval-only)")
+        return ArmOutcome(arm, seed, "skipped" if previous is not None else "missing",
+                          res_file if previous is not None else None)
+    if not eval_only:
+        _set_aside_stale_output(out_dir, current, tag, log)
     if eval_only:
         if not os.path.isfile(checkpoint):
             if previous is not None:

@@ -11,19 +11,22 @@ detectron2's `detector_postprocess` resizes each map to its box in the output im
   detectron2's per-box region `[floor(x0) - 1, ceil(x1) + 1) x [floor(y0) - 1, ceil(y1) + 1)`, clipped to the
   image, are written (outside it detectron2 leaves 0 even for `threshold == 0`), so the output is the same
   tensor up to float rounding.
-* **Separable.** Bilinear interpolation is a product of two 1-D interpolations. The column pass runs once
-  for all boxes as one vectorised gather ((M + 2) x (total box width) values); each box then needs one row
-  gather of its (h x w) region, a lerp, and the threshold written straight into the bool output. detectron2
-  instead builds an (h x w x 2) sampling grid per box and calls `grid_sample`, which recomputes the four
-  bilinear corners and weights for every pixel.
+* **One compiled pass** (`layers/csrc/paste_masks.cpp`, in the plugin's C++ extension): each mask's region
+  is filled in one loop, masks split across threads, with no per-box tensor operations; detectron2 instead
+  builds an (h x w x 2) sampling grid per box, calls `grid_sample` and then thresholds and copies the result,
+  one box at a time.
 * **Lazily zeroed output.** The (N, H, W) result is allocated with `numpy.zeros` (calloc: untouched pages
   are never written) instead of `torch.zeros` (which writes every byte), so the cost is proportional to the
   pasted regions, not to N x H x W. The result is an ordinary contiguous CPU tensor.
+* **Pure-PyTorch path** beside the kernel (float64 masks, ``MASKRCNN_PLUGIN_ROI_BACKEND=python``, or when the
+  extension cannot be built): separable bilinear interpolation, the column pass for all boxes as one
+  vectorised gather, then one row gather + lerp + threshold per box.
 
-Agreement with detectron2: the pixel coordinates are computed with detectron2's own float operations; the
-interpolated values then differ from grid_sample's by float rounding only (grid_sample multiplies the four
-corner weights; on CPUs with FMA it also fuses some of its multiply-adds), so a pixel can only flip when its
-value is within a few 1e-7 of the threshold. `tests/test_paste.py` checks per-instance IoU >= 0.999 and counts
+Agreement with detectron2: the pixel coordinates are computed with detectron2's own float32 operations, the
+kernel forms grid_sample's four corner weights and sums them in its order; the interpolated values can still
+differ from grid_sample's in the last bit (on CPUs with FMA, PyTorch's vectorised kernel fuses some of its
+multiply-adds; the pure-PyTorch path uses lerps), so a pixel can only flip when its value is within a few
+1e-7 of the threshold. `tests/test_paste.py` checks per-instance IoU >= 0.999 and counts
 exact equality.
 
 Non-CPU tensors and TorchScript fall back to detectron2's implementation (grid_sample over chunks of masks
@@ -44,6 +47,8 @@ from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances, ROIMasks
+
+from .layers.roi_ops import _ext_module, _use_cpp
 
 __all__ = [
     "paste_masks_in_image_fast",
@@ -135,6 +140,9 @@ def paste_masks_in_image_fast(
         masks = masks.float()
     dtype = masks.dtype
     out = _lazy_zeros((n, img_h, img_w), torch.bool if threshold >= 0 else torch.uint8)
+    if dtype == torch.float32 and boxes.dtype == torch.float32 and _use_cpp(masks):
+        _ext_module().paste_masks(masks.reshape(n, side, side).contiguous(), boxes.contiguous(), out, float(threshold))
+        return out
 
     x_lo, y_lo, x_hi, y_hi = _paste_regions(boxes, img_h, img_w)
     wc, x_owner, xi0, xi1, xw1 = _axis_samples(x_lo, x_hi, boxes[:, 0], boxes[:, 2], side, dtype)

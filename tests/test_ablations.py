@@ -566,6 +566,44 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
     assert [o.status for o in outcomes] == ["missing", "missing"] and fake.calls == []
 
 
+def test_checkpoints_of_another_config_are_set_aside_not_resumed(fake_table):
+    """An output dir whose checkpoints came from another config (e.g. the arm's dataset changed) is moved to
+    <dir>.stale-N and the arm trains from scratch; --eval-only refuses to evaluate it."""
+    fake = FakeTrainNet()
+    out = ablations.arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
+    os.makedirs(out)
+    open(os.path.join(out, "last_checkpoint"), "w").write("model_0000099.pth")
+    open(os.path.join(out, "model_0000099.pth"), "wb").write(b"old")
+    logs = []
+    # eval-only on an unstamped (legacy) checkpoint evaluates it: it may come from elsewhere
+    open(os.path.join(out, "model_final.pth"), "wb").write(b"old")
+    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
+                                   **fake_table)
+    assert [o.status for o in outcomes] == ["done"]
+    os.remove(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
+    # training: the unstamped output is set aside, the new one is stamped with the config hash
+    fake.calls.clear()
+    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["done"] and len(fake.calls) == 1
+    assert open(os.path.join(out + ".stale-0", "model_0000099.pth"), "rb").read() == b"old"
+    assert any("stale-0" in line and "another config" in line for line in logs)
+    rec = json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))
+    assert open(os.path.join(out, ablations.CONFIG_STAMP)).read().strip() == rec["config_hash"]
+    assert rec["resumed"] is False
+    # same config again (result removed): the stamped output is resumed, not set aside
+    os.remove(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
+    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
+    assert not os.path.exists(out + ".stale-1")
+    assert json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))["resumed"] is True
+    # a stamp of another config: --eval-only does not evaluate the old checkpoint
+    open(os.path.join(out, ablations.CONFIG_STAMP), "w").write("0123abcd\n")
+    fake.calls.clear()
+    logs.clear()
+    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
+                                   **fake_table)
+    assert fake.calls == [] and any("another config" in line for line in logs)
+
+
 def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     fake = FakeTrainNet(fail_on=("a", 0))
     outcomes = ablations.run_table("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)

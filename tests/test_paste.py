@@ -11,9 +11,36 @@ from detectron2.layers import paste_masks_in_image
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+import maskrcnn_plugin.paste as paste_module
+from maskrcnn_plugin.layers import _ext
 from maskrcnn_plugin.paste import detector_postprocess_fast, paste_masks_in_image_fast
 
 M = 28
+
+
+@pytest.fixture(autouse=True, params=["cpp", "python"])
+def backend(request, monkeypatch):
+    """Every test runs on the compiled kernel and on the pure-PyTorch path."""
+    if request.param == "cpp" and _ext.load_extension() is None:
+        pytest.skip("C++ extension could not be built here")
+    monkeypatch.setenv("MASKRCNN_PLUGIN_ROI_BACKEND", request.param)
+    return request.param
+
+
+def test_backend_dispatch(backend, monkeypatch):
+    """The cpp backend runs the compiled kernel (the PyTorch path is never entered), float32 only."""
+    if backend != "cpp":
+        pytest.skip("dispatch is checked for the cpp backend")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("pure-PyTorch path used")
+
+    masks, boxes = smooth_masks(4, 1), random_boxes(4, 2, 50, 60, 3, 40)
+    expected = paste_masks_in_image(masks, boxes, (50, 60))
+    monkeypatch.setattr(paste_module, "_axis_samples", fail)
+    assert torch.equal(paste_masks_in_image_fast(masks, boxes, (50, 60)), expected)
+    with pytest.raises(AssertionError, match="pure-PyTorch"):
+        paste_masks_in_image_fast(masks.double(), boxes.double(), (50, 60))
 
 
 # --------------------------------------------------------------------------------------------------------

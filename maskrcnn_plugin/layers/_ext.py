@@ -1,4 +1,5 @@
-"""Build / load the compiled CPU kernels of the RoI operators (``csrc/roi_ops.cpp``).
+"""Build / load the compiled CPU kernels: the RoI operators (``csrc/roi_ops.cpp``) and the mask paste-back
+(``csrc/paste_masks.cpp``, used by :mod:`maskrcnn_plugin.paste`).
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` (ninja required) into ``build/roi_ext``
 under the repository root (override with ``MASKRCNN_PLUGIN_ROI_BUILD_DIR``) the first time it is needed;
@@ -13,7 +14,7 @@ import warnings
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = [_HERE / "csrc" / "roi_ops.cpp"]
+_SOURCES = [_HERE / "csrc" / "roi_ops.cpp", _HERE / "csrc" / "paste_masks.cpp"]
 _lock = threading.Lock()
 _module = None
 _error: Exception | None = None

@@ -398,10 +398,14 @@ at::Tensor pool_backward(
 
 }  // namespace
 
+// paste_masks.cpp
+void paste_masks(const torch::Tensor& masks, const torch::Tensor& boxes, torch::Tensor& out, double threshold);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "maskrcnn_plugin RoIPool / RoIWarp / RoIAlign CPU kernels";
+  m.doc() = "maskrcnn_plugin CPU kernels: RoIPool / RoIWarp / RoIAlign, mask paste-back";
   m.def("sample_forward", &sample_forward, "bilinear-sampling RoI extraction, forward (avg or max)");
   m.def("sample_backward", &sample_backward, "bilinear-sampling RoI extraction, backward");
   m.def("pool_forward", &pool_forward, "RoIPool forward (max over integer cells)");
   m.def("pool_backward", &pool_backward, "RoIPool backward (to the arg-max cell)");
+  m.def("paste_masks", &paste_masks, "paste M x M soft masks into their boxes in (N, H, W) planes");
 }
