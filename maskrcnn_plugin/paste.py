@@ -15,9 +15,10 @@ detectron2's `detector_postprocess` resizes each map to its box in the output im
   is filled in one loop, masks split across threads, with no per-box tensor operations; detectron2 instead
   builds an (h x w x 2) sampling grid per box, calls `grid_sample` and then thresholds and copies the result,
   one box at a time.
-* **Lazily zeroed output.** The (N, H, W) result is allocated with `numpy.zeros` (calloc: untouched pages
-  are never written) instead of `torch.zeros` (which writes every byte), so the cost is proportional to the
-  pasted regions, not to N x H x W. The result is an ordinary contiguous CPU tensor.
+* **Lazily zeroed output.** The (N, H, W) result lives in an anonymous memory mapping (zero pages supplied by
+  the kernel on first write) instead of `torch.zeros` (which writes every byte), and only set pixels are
+  written, so the cost is proportional to the pasted masks, not to N x H x W. The result is an ordinary
+  contiguous CPU tensor.
 * **Pure-PyTorch path** beside the kernel (float64 masks, ``MASKRCNN_PLUGIN_ROI_BACKEND=python``, or when the
   extension cannot be built): separable bilinear interpolation, the column pass for all boxes as one
   vectorised gather, then one row gather + lerp + threshold per box.
@@ -36,9 +37,10 @@ Using it in a model: `MODEL.META_ARCHITECTURE: "GeneralizedRCNNFastPaste"` (regi
 module is imported) is detectron2's `GeneralizedRCNN` whose final postprocessing pastes masks with
 `paste_masks_in_image_fast`; everything else, including the returned fields and their types, is unchanged.
 """
+import math
+import mmap
 from typing import Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -103,10 +105,19 @@ def _axis_samples(lo: torch.Tensor, hi: torch.Tensor, b0: torch.Tensor, b1: torc
 
 
 def _lazy_zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    # numpy.zeros uses calloc: large blocks come from fresh zero pages that are not touched until written,
-    # unlike torch.zeros, which writes every byte. Same contents, same (contiguous CPU) tensor semantics.
-    np_dtype = np.bool_ if dtype == torch.bool else np.uint8
-    return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+    """A zero (N, H, W) bool / uint8 CPU tensor whose pages are only materialised when written.
+
+    It lives in an anonymous private mapping: the kernel supplies zero pages on first write, 4 KiB at a
+    time, so the cost follows the pasted pixels, not N x H x W (`torch.zeros` writes every byte, ~40 ms for
+    100 masks at 800 x 1066). `numpy.zeros` (calloc) would be lazy too, but numpy requests transparent huge
+    pages for large arrays, and faulting 2 MiB pages cost anywhere from 15 to 120 ms per image here,
+    depending on the allocator's state (see docs/performance.md). The tensor keeps the mapping alive."""
+    nbytes = math.prod(shape)
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if nbytes == 0 or None in flags:  # (no anonymous mmap flags on Windows)
+        return torch.zeros(shape, dtype=dtype)
+    buf = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])
+    return torch.frombuffer(buf, dtype=dtype, count=nbytes).view(shape)
 
 
 def paste_masks_in_image_fast(
