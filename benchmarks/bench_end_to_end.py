@@ -232,8 +232,8 @@ def r50_configs(s, fast_paste=False):
     plugin.merge_from_file(str(ROOT / PLUGIN_R50))
     _common_test_settings(plugin, s)
     plugin.MODEL.ROI_EXTRACTOR.SAMPLING_RATIO = s["sampling_ratio"]
-    if fast_paste:
-        plugin.MODEL.META_ARCHITECTURE = "GeneralizedRCNNFastPaste"
+    # The plugin's configs use the fast paste; "plugin" here pastes like detectron2 unless fast_paste.
+    plugin.MODEL.META_ARCHITECTURE = "GeneralizedRCNNFastPaste" if fast_paste else "GeneralizedRCNN"
     stock = get_cfg()
     stock.merge_from_file(model_zoo.get_config_file(STOCK_R50))
     _common_test_settings(stock, s)
@@ -251,6 +251,7 @@ def train_configs(s, config_file=TRAIN_CFG):
     plugin.MODEL.DEVICE = "cpu"
     plugin.MODEL.WEIGHTS = ""
     stock = plugin.clone()
+    stock.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     stock.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     for head in (stock.MODEL.ROI_BOX_HEAD, stock.MODEL.ROI_MASK_HEAD):
         head.POOLER_TYPE = "ROIAlignV2"

@@ -956,7 +956,9 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         "[--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
         "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
         "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped, a "
-        "killed arm resumes from its last checkpoint, and `--eval-only` re-evaluates the existing "
+        "killed arm resumes from its last checkpoint (checkpoints trained with another config -- the arm's yaml "
+        "or dataset changed since -- are moved to `seed<s>.stale-<n>/` and the arm starts afresh), and "
+        "`--eval-only` re-evaluates the existing "
         "`model_final.pth` checkpoints and rebuilds this report without training. COCO-scale instructions: "
         "[ablations_coco.md](ablations_coco.md).",
         "",
