@@ -522,6 +522,15 @@ def _clean_intermediate_checkpoints(output_dir):
 CONFIG_STAMP = "arm_config_hash.txt"
 
 
+def _config_stamp(out_dir):
+    """The config hash the runner stamped into `out_dir` before training there, or None."""
+    path = os.path.join(out_dir, CONFIG_STAMP)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
 def _set_aside_stale_output(out_dir, current_hash, tag, log):
     """A checkpoint in `out_dir` resumes training only if it was trained with the arm's current config.
 
@@ -530,8 +539,7 @@ def _set_aside_stale_output(out_dir, current_hash, tag, log):
     to `<out_dir>.stale-<n>` (kept, not deleted), so the arm trains from scratch instead of silently
     resuming, or re-evaluating, a model of the old config."""
     has_checkpoint = any(os.path.isfile(os.path.join(out_dir, n)) for n in ("last_checkpoint", "model_final.pth"))
-    stamp_file = os.path.join(out_dir, CONFIG_STAMP)
-    stamp = open(stamp_file).read().strip() if os.path.isfile(stamp_file) else None
+    stamp = _config_stamp(out_dir)
     if has_checkpoint and stamp != current_hash:
         n = 0
         while os.path.exists(f"{out_dir}.stale-{n}"):
@@ -540,7 +548,7 @@ def _set_aside_stale_output(out_dir, current_hash, tag, log):
         log(f"{tag} WARNING: {_rel(out_dir)} holds checkpoints of another config (hash {stamp} != "
             f"{current_hash}); moved to {_rel(out_dir)}.stale-{n}, training from scratch")
     os.makedirs(out_dir, exist_ok=True)
-    with open(stamp_file, "w") as f:
+    with open(os.path.join(out_dir, CONFIG_STAMP), "w") as f:
         f.write(current_hash + "\n")
 
 
@@ -580,8 +588,7 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
         argv += ["--num-gpus", str(num_gpus)]
     argv += ["--config-file", config_file]
     checkpoint = os.path.join(out_dir, "model_final.pth")
-    stamp_file = os.path.join(out_dir, CONFIG_STAMP)
-    if eval_only and os.path.isfile(stamp_file) and open(stamp_file).read().strip() != current:
+    if eval_only and _config_stamp(out_dir) not in (None, current):
         log(f"{tag} --eval-only: {_rel(checkpoint)} was trained with another config; not evaluated "
             f"(rerun the arm without --eval-only)")
         return ArmOutcome(arm, seed, "skipped" if previous is not None else "missing",

@@ -16,7 +16,7 @@ shapes_large_val   1      200     256   same as shapes_val, objects 32 px .. 0.8
 
 The ``shapes_large_*`` pair serves the single stride-32 map of Table 2d: with the default sizes (12 px ..
 0.6 x side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at
-800 px; from 32 px up most cover two to six.
+800 px.
 
 Other variants are named ``shapes_<split>_s<seed>_n<num>_px<size>`` (``shapes_kp_...`` with persons) and are
 registered on demand by `ensure_registered` / `register_datasets_from_cfg`, or explicitly by `register_shapes`.
