@@ -10,6 +10,8 @@ shapes_val         1      200     256   same
 shapes_test        2      200     256   same
 shapes_kp_train    0      1000    256   same + person (13 keypoints)
 shapes_kp_val      1      200     256   same + person
+shapes_person_train 0     1000    256   the shapes_kp_train images, persons alone annotated (1 class)
+shapes_person_val  1      200     256   the shapes_kp_val images, persons alone annotated
 shapes_large_train 0      1000    256   same as shapes_train, objects 32 px .. 0.8 x image side
 shapes_large_val   1      200     256   same as shapes_val, objects 32 px .. 0.8 x image side
 =================  =====  ======  ====  ===========================
@@ -18,7 +20,11 @@ The ``shapes_large_*`` pair serves the single stride-32 map of Table 2d: with th
 0.6 x side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at
 800 px.
 
-Other variants are named ``shapes_<split>_s<seed>_n<num>_px<size>`` (``shapes_kp_...`` with persons) and are
+The ``shapes_person_*`` pair is the paper's keypoint task (one class, person; Sec. 5): the same images as
+``shapes_kp_*``, whose shapes stay in the pictures as unlabelled clutter.
+
+Other variants are named ``shapes_<split>_s<seed>_n<num>_px<size>`` (``shapes_kp_...`` with persons,
+``shapes_person_...`` with persons alone annotated) and are
 registered on demand by `ensure_registered` / `register_datasets_from_cfg`, or explicitly by `register_shapes`.
 The images are generated into the cache directory (`get_data_root`) the first time a dataset is loaded
 (or by `prepare_dataset`). A user's own COCO-format dataset is registered with
@@ -61,13 +67,15 @@ BUILTIN_SHAPES = {
     "shapes_test": dict(seed=2, num_images=200, image_size=256),
     "shapes_kp_train": dict(seed=0, num_images=1000, image_size=256, with_person=True),
     "shapes_kp_val": dict(seed=1, num_images=200, image_size=256, with_person=True),
+    "shapes_person_train": dict(seed=0, num_images=1000, image_size=256, with_person=True, person_only=True),
+    "shapes_person_val": dict(seed=1, num_images=200, image_size=256, with_person=True, person_only=True),
     "shapes_large_train": dict(seed=0, num_images=1000, image_size=256, min_size=32, max_size_frac=0.8),
     "shapes_large_val": dict(seed=1, num_images=200, image_size=256, min_size=32, max_size_frac=0.8),
 }
 
-# shapes_<split>_s<seed>_n<num>_px<size>, shapes_kp_<split>_s<seed>_n<num>_px<size>
+# shapes[_kp|_person]_<split>_s<seed>_n<num>_px<size>
 SHAPES_NAME_PATTERN = re.compile(
-    r"^shapes(?P<kp>_kp)?_(?P<split>[A-Za-z0-9]+)_s(?P<seed>\d+)_n(?P<num>\d+)_px(?P<size>\d+)$"
+    r"^shapes(?P<kp>_kp|_person)?_(?P<split>[A-Za-z0-9]+)_s(?P<seed>\d+)_n(?P<num>\d+)_px(?P<size>\d+)$"
 )
 
 _root_override = None
@@ -114,7 +122,8 @@ def set_data_root(root):
 # ------------------------------------------------------------------------------------------------------------
 def shapes_metadata(params):
     """detectron2 metadata of a shapes dataset with the given `shapes.shapes_params` (without paths)."""
-    classes = list(params["classes"]) + (["person"] if params["with_person"] else [])
+    classes = [] if params.get("person_only") else list(params["classes"])
+    classes += ["person"] if params["with_person"] else []
     palette = [(220, 20, 60), (0, 130, 200), (255, 200, 0), (60, 180, 75), (145, 30, 180), (245, 130, 48)]
     meta = {
         "thing_classes": classes,
@@ -184,7 +193,7 @@ def prepare_dataset(name):
 
 
 def ensure_registered(name):
-    """Register ``name`` if it follows ``shapes[_kp]_<split>_s<seed>_n<num>_px<size>``; returns ``name``.
+    """Register ``name`` if it follows ``shapes[_kp|_person]_<split>_s<seed>_n<num>_px<size>``; returns ``name``.
 
     Raises KeyError for names that are neither registered nor follow the pattern.
     """
@@ -194,11 +203,13 @@ def ensure_registered(name):
     if m is None:
         raise KeyError(
             f"Dataset '{name}' is not registered and is not a shapes dataset name "
-            f"(shapes[_kp]_<split>_s<seed>_n<num>_px<size>, e.g. shapes_train_s3_n500_px256). "
+            f"(shapes[_kp|_person]_<split>_s<seed>_n<num>_px<size>, e.g. shapes_train_s3_n500_px256). "
             f"Registered shapes datasets: {sorted(_registered_shapes)}"
         )
+    extra = {"person_only": True} if m["kp"] == "_person" else {}
     return register_shapes(
-        name, seed=int(m["seed"]), num_images=int(m["num"]), image_size=int(m["size"]), with_person=bool(m["kp"])
+        name, seed=int(m["seed"]), num_images=int(m["num"]), image_size=int(m["size"]), with_person=bool(m["kp"]),
+        **extra,
     )
 
 

@@ -18,7 +18,9 @@ Difficulty, by design (see docs/shapes_dataset.md):
   hue, so colour helps a from-scratch CPU model get started but never separates an object from the clutter
   nor gives its mask; ``class_hue_spread=None`` draws colours independent of the class.
 
-Optionally (``with_person=True``) an articulated stick-figure class "person" with 13 named keypoints is added.
+Optionally (``with_person=True``) an articulated stick-figure class "person" with 13 named keypoints is added;
+``person_only=True`` then annotates the persons alone (one category, as COCO's person-keypoint task the paper's
+keypoint models train on): the shapes are drawn exactly as before but unlabelled, so they are clutter.
 """
 import colorsys
 import hashlib
@@ -137,6 +139,7 @@ def shapes_params(
     max_instances=8,
     max_distractors=11,
     class_hue_spread=0.1,
+    person_only=False,
 ):
     """Validate and normalise the generation parameters into a json-able dict (the cache key)."""
     classes = tuple(classes)
@@ -159,7 +162,9 @@ def shapes_params(
         )
     if class_hue_spread is not None and not (isinstance(class_hue_spread, (int, float)) and 0 <= class_hue_spread <= 1):
         raise ValueError(f"class_hue_spread must be None or a number in [0, 1], got {class_hue_spread!r}")
-    return {
+    if person_only and not with_person:
+        raise ValueError("person_only=True needs with_person=True (it annotates the persons alone)")
+    params = {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "num_images": int(num_images),
@@ -173,6 +178,9 @@ def shapes_params(
         "max_distractors": int(max_distractors),
         "class_hue_spread": None if class_hue_spread is None else float(class_hue_spread),
     }
+    if person_only:  # only when set, so the cache keys of the other datasets stay what they were
+        params["person_only"] = True
+    return params
 
 
 def _params_hash(params):
@@ -181,7 +189,7 @@ def _params_hash(params):
 
 def shapes_dir_name(params):
     """Cache directory name, readable and unique per parameter set, e.g. ``shapes_s0_n1000_px256_1a2b3c4d``."""
-    kp = "_kp" if params["with_person"] else ""
+    kp = ("_person" if params.get("person_only") else "_kp") if params["with_person"] else ""
     return "shapes{}_s{}_n{}_px{}_{}".format(
         kp, params["seed"], params["num_images"], params["image_size"], _params_hash(params)
     )
@@ -560,7 +568,8 @@ def render_image(rng, params):
 # The dataset
 # ------------------------------------------------------------------------------------------------------------
 def _categories(params):
-    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(params["classes"])]
+    labelled = [] if params.get("person_only") else params["classes"]
+    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(labelled)]
     if params["with_person"]:
         cats.append({
             "id": len(cats) + 1,
@@ -588,6 +597,8 @@ def _generate_into(tmp, params, progress, desc):
         Image.fromarray(img).save(os.path.join(tmp, "images", file_name), compress_level=1)
         images.append({"id": idx + 1, "file_name": file_name, "height": S, "width": S})
         for inst in instances:
+            if inst["category"] not in cat_id:  # person_only: an unlabelled shape
+                continue
             rle = mask_util.encode(np.asfortranarray(inst["mask"].astype(np.uint8)))
             ann = {
                 "id": len(annotations) + 1,
