@@ -311,3 +311,32 @@ def test_coco_evaluator_gt_as_predictions(tmp_path):
     assert res["segm"]["AP"] == pytest.approx(100.0)
     assert res["keypoints"]["AP"] == pytest.approx(100.0)
     _unregister(name)
+
+
+def test_person_only_annotates_the_persons_of_the_same_images(data_root):
+    """shapes_person_*: the shapes_kp_* pictures, byte for byte, with the persons alone annotated (1 class)."""
+    person, kp = "shapes_person_mini_s3_n4_px128", "shapes_kp_mini_s3_n4_px128"
+    for n in (person, kp):
+        _unregister(n)
+        data.ensure_registered(n)
+    only, full = DatasetCatalog.get(person), DatasetCatalog.get(kp)
+    assert MetadataCatalog.get(person).thing_classes == ["person"]
+    assert MetadataCatalog.get(person).keypoint_names == list(PERSON_KEYPOINT_NAMES)
+    coco = json.load(open(MetadataCatalog.get(person).json_file))
+    assert [c["name"] for c in coco["categories"]] == ["person"]
+    n_persons = 0
+    for a, b in zip(only, full):
+        with open(a["file_name"], "rb") as fa, open(b["file_name"], "rb") as fb:
+            assert fa.read() == fb.read()
+        want = [o for o in b["annotations"] if o["category_id"] == len(SHAPE_CLASSES)]
+        assert len(a["annotations"]) == len(want)
+        for o, w in zip(a["annotations"], want):
+            assert o["category_id"] == 0 and o["keypoints"] == w["keypoints"] and o["bbox"] == w["bbox"]
+        n_persons += len(want)
+    assert n_persons > 0
+    assert "person_only" not in MetadataCatalog.get("shapes_kp_train").shapes_params  # other cache keys unchanged
+    assert MetadataCatalog.get("shapes_person_train").shapes_params["person_only"] is True
+    with pytest.raises(ValueError, match="person_only=True needs with_person=True"):
+        data.register_shapes("bad_person_only", seed=0, num_images=1, person_only=True)
+    for n in (person, kp):
+        _unregister(n)
