@@ -329,7 +329,7 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     first = next(iter(vals.values()))
     assert all(v == first for v in vals.values()), vals
     if table in KEYPOINT_TABLES:
-        assert first["DATASETS.TRAIN"] == ("shapes_kp_train",) and first["DATASETS.TEST"] == ("shapes_kp_val",)
+        assert first["DATASETS.TRAIN"] == ("shapes_person_train",) and first["DATASETS.TEST"] == ("shapes_person_val",)
     elif table == "2d":  # stride 32: the larger-object variant (see the table's note)
         assert first["DATASETS.TRAIN"] == ("shapes_large_train",) and first["DATASETS.TEST"] == ("shapes_large_val",)
     else:
@@ -341,19 +341,19 @@ KEYPOINT_TABLES = ("4", "5")
 
 
 def test_cpu_keypoint_arms_match_the_dataset_and_each_other():
-    """CPU keypoint arms: the shapes_kp metadata (13 keypoints, their OKS sigmas, 6 classes), the paper's head
+    """CPU keypoint arms: the shapes_person metadata (13 keypoints, their OKS sigmas, 1 class), the paper's head
     structure (8 convs, 14x14 RoI features -> 56x56 heatmaps), and one schedule for Tables 4 and 5 (Table 4's
     keypoint-only arm is Table 5's RoIAlign arm)."""
     from detectron2.data import MetadataCatalog
 
     from maskrcnn_plugin.data import PERSON_KEYPOINT_NAMES, PERSON_KEYPOINT_OKS_SIGMAS
 
-    meta = MetadataCatalog.get("shapes_kp_train")
+    meta = MetadataCatalog.get("shapes_person_train")
     cfgs = {(t, a.name): load_arm_cfg(arm_config_path(t, "cpu", a.name))
             for t in KEYPOINT_TABLES for a in TABLES[t].arms["cpu"]}
     for (t, name), c in cfgs.items():
         assert c.MODEL.KEYPOINT_ON and c.MODEL.ROI_HEADS.NAME == "AblationStandardROIHeads"
-        assert c.MODEL.ROI_HEADS.NUM_CLASSES == len(meta.thing_classes) == 6
+        assert c.MODEL.ROI_HEADS.NUM_CLASSES == len(meta.thing_classes) == 1 and meta.thing_classes == ["person"]
         kp = c.MODEL.ROI_KEYPOINT_HEAD
         assert kp.NUM_KEYPOINTS == len(PERSON_KEYPOINT_NAMES) == 13
         assert tuple(c.TEST.KEYPOINT_OKS_SIGMAS) == pytest.approx(PERSON_KEYPOINT_OKS_SIGMAS)
@@ -713,7 +713,7 @@ def test_report_shows_keypoint_metrics_beside_the_papers(tmp_path):
     assert "| keypoint APM | 58.7 | 44.0 ± 0.0 | 3 |" in section
     assert "| keypoint APL | 73.0 | — | 0 |" in section
     assert "| box AP | — | 51.0 ± 1.0 | 3 |" in section
-    assert "shapes_kp_train" in section  # schedule line / notes name the keypoint dataset
+    assert "shapes_person_train" in section  # schedule line / notes name the keypoint dataset
     summary = json.load(open(results_root / "summary.json"))
     t5 = [t for t in summary["tables"] if t["table"] == "5" and t["scale"] == "cpu"][0]
     assert t5["metrics"] == ["kp_AP", "kp_AP50", "kp_AP75", "kp_APm", "kp_APl", "box_AP"]

@@ -4,7 +4,7 @@ training runs of the CPU-scale keypoint arms with our ROI heads and RoI extracto
 - keypoint targets: detectron2's keypoints_to_heatmap (one-hot index in the m x m heatmap + validity) against
   hand-computed cases, and the loss is the softmax cross-entropy over the m^2 locations;
 - flip augmentation: detectron2's DatasetMapper with a horizontal flip and the dataset's keypoint_flip_map swaps
-  the left/right keypoints of a shapes_kp person (and mirrors x);
+  the left/right keypoints of a shapes_person person (and mirrors x);
 - evaluation: our build_evaluator (COCOEvaluator with the dataset's 13 OKS sigmas) on a perfect prediction
   (the ground truth) gives keypoint AP 100; the prediction pictures draw the skeleton;
 - training: keypoint-only and keypoint & mask, RoIPool and RoIAlign, a few iterations on tiny images give
@@ -26,13 +26,12 @@ from maskrcnn_plugin.ablations import arm_config_path, load_arm_cfg
 from maskrcnn_plugin.data import datasets as ds
 from maskrcnn_plugin.data.shapes import (
     PERSON_KEYPOINT_CONNECTION_RULES, PERSON_KEYPOINT_FLIP_MAP, PERSON_KEYPOINT_NAMES, PERSON_KEYPOINT_OKS_SIGMAS,
-    SHAPE_CLASSES,
 )
 
 TRAIN_NAME = "test_keypoints_train"
 VAL_NAME = "test_keypoints_val"
 PX = 128
-PERSON = len(SHAPE_CLASSES)  # contiguous id of "person"
+PERSON = 0  # contiguous id of "person", the one class of the shapes_person datasets the CPU keypoint arms use
 
 
 def _unregister(name):
@@ -44,11 +43,13 @@ def _unregister(name):
 
 @pytest.fixture(scope="module")
 def kp_data(tmp_path_factory):
-    """Two tiny shapes_kp datasets (persons with 13 keypoints + shapes), generated into a temporary root."""
+    """Two tiny shapes_person datasets (persons with 13 keypoints among unlabelled shapes), generated into a
+    temporary root."""
     root = tmp_path_factory.mktemp("kp_data")
     for name, seed, n in ((TRAIN_NAME, 21, 6), (VAL_NAME, 22, 3)):
         _unregister(name)
-        data.register_shapes(name, seed=seed, num_images=n, image_size=PX, with_person=True, root=str(root))
+        data.register_shapes(name, seed=seed, num_images=n, image_size=PX, with_person=True, person_only=True,
+                             root=str(root))
         data.prepare_dataset(name)
     yield root
     for name in (TRAIN_NAME, VAL_NAME):
@@ -415,14 +416,14 @@ def test_keypoint_head_is_detectron2s_with_stable_inference():
 
 
 def test_ablation_runner_trains_and_evaluates_a_keypoint_arm(tmp_path):
-    """`train_net.py --ablation 5` path for one arm: the real train_net.py subprocess (2 iterations, tiny shapes_kp
-    data), COCOEvaluator's keypoints task in the stored results, which the report reads as kp_AP."""
+    """`train_net.py --ablation 5` path for one arm: the real train_net.py subprocess (2 iterations, tiny
+    shapes_person data), COCOEvaluator's keypoints task in the stored results, which the report reads as kp_AP."""
     from maskrcnn_plugin import ablations
 
     opts = [
         "DATASETS.SHAPES.ROOT", str(tmp_path / "data"),
-        "DATASETS.TRAIN", "('shapes_kp_kpabltrain_s5_n8_px128',)",
-        "DATASETS.TEST", "('shapes_kp_kpablval_s6_n3_px128',)",
+        "DATASETS.TRAIN", "('shapes_person_kpabltrain_s5_n8_px128',)",
+        "DATASETS.TEST", "('shapes_person_kpablval_s6_n3_px128',)",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
         "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()",
         "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "TEST.VIS_NUM_IMAGES", "1",
@@ -440,5 +441,5 @@ def test_ablation_runner_trains_and_evaluates_a_keypoint_arm(tmp_path):
     assert kp_ap is None or 0.0 <= kp_ap <= 100.0
     assert any("keypoint AP" in line for line in logs), logs
     pictures = os.listdir(os.path.join(str(tmp_path / "output"), "cpu", "5", "roialign", "seed0", "vis",
-                                       "shapes_kp_kpablval_s6_n3_px128"))
+                                       "shapes_person_kpablval_s6_n3_px128"))
     assert pictures
