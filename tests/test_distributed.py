@@ -39,10 +39,11 @@ def _train_and_dump(opts, dump_file):
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()] if comm.is_main_process() else None
-    torch.save({"state": model.state_dict(), "losses": losses, "world_size": comm.get_world_size()},
+    torch.save({"init": init, "state": model.state_dict(), "losses": losses, "world_size": comm.get_world_size()},
                dump_file.format(rank=comm.get_rank()))
 
 
@@ -67,11 +68,18 @@ def test_two_gloo_processes_match_one_process_with_the_same_total_batch(tmp_path
         assert torch.equal(v, r1["state"][k]), k
     assert len(one["losses"]) == len(r0["losses"]) == 3
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6)
+    # Same start, then the same updates: the 2-process update of every tensor equals the 1-process one up to
+    # float32 summation order (gradients averaged across ranks vs. summed in one batch). Compared relative to the
+    # update's size: an element-wise tolerance on the weights is either below that noise on some CPUs (2e-5 on
+    # the stem conv seen on a Zen CPU without AVX-512) or above a whole 3-step update.
     changed = 0
     for k, v in one["state"].items():
         if v.is_floating_point():
-            torch.testing.assert_close(r0["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
-            changed += 1
+            assert torch.equal(one["init"][k], r0["init"][k]), k
+            d_one, d_two = v - one["init"][k], r0["state"][k] - r0["init"][k]
+            err, size = (d_two - d_one).norm().item(), d_one.norm().item()
+            assert err <= 1e-2 * size + 1e-7, (k, err, size)
+            changed += size > 0
     assert changed > 0
 
 
