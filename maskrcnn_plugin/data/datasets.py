@@ -122,8 +122,7 @@ def set_data_root(root):
 # ------------------------------------------------------------------------------------------------------------
 def shapes_metadata(params):
     """detectron2 metadata of a shapes dataset with the given `shapes.shapes_params` (without paths)."""
-    classes = [] if params.get("person_only") else list(params["classes"])
-    classes += ["person"] if params["with_person"] else []
+    classes = _shapes.annotated_shape_classes(params) + (["person"] if params["with_person"] else [])
     palette = [(220, 20, 60), (0, 130, 200), (255, 200, 0), (60, 180, 75), (145, 30, 180), (245, 130, 48)]
     meta = {
         "thing_classes": classes,
@@ -206,10 +205,9 @@ def ensure_registered(name):
             f"(shapes[_kp|_person]_<split>_s<seed>_n<num>_px<size>, e.g. shapes_train_s3_n500_px256). "
             f"Registered shapes datasets: {sorted(_registered_shapes)}"
         )
-    extra = {"person_only": True} if m["kp"] == "_person" else {}
     return register_shapes(
         name, seed=int(m["seed"]), num_images=int(m["num"]), image_size=int(m["size"]), with_person=bool(m["kp"]),
-        **extra,
+        person_only=m["kp"] == "_person",
     )
 
 

@@ -567,9 +567,14 @@ def render_image(rng, params):
 # ------------------------------------------------------------------------------------------------------------
 # The dataset
 # ------------------------------------------------------------------------------------------------------------
+def annotated_shape_classes(params):
+    """The shape classes that get annotations (none with ``person_only``; "person" comes after them)."""
+    return [] if params.get("person_only") else list(params["classes"])
+
+
 def _categories(params):
-    labelled = [] if params.get("person_only") else params["classes"]
-    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(labelled)]
+    shapes = annotated_shape_classes(params)
+    cats = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(shapes)]
     if params["with_person"]:
         cats.append({
             "id": len(cats) + 1,
