@@ -13,7 +13,8 @@ from its last checkpoint), then stores the final bbox/segm/keypoints metrics (CO
 each IoU threshold 0.50:0.05:0.95
 (recomputed with pycocotools from the arm's ``coco_instances_results.json``), the wall time, the commit and the
 command in ``results/ablations/<scale>/<table>/<arm>/seed<s>.json``. An arm+seed whose results file exists is
-skipped. ``--eval-only`` re-evaluates the existing checkpoints (``<dir>/model_final.pth``) without training.
+skipped; one whose config (hash) and seed equal a stored run of another table is not trained again: its results
+file names that run (``same_run_as``), whose metrics the report reads. ``--eval-only`` re-evaluates the existing checkpoints (``<dir>/model_final.pth``) without training.
 Finally the report ``docs/ablations.md`` (paper vs. ours, gains with standard errors, commands, wall times),
 the json summary ``results/ablations/summary.json`` and, for Table 2c/2d, the AP-vs-IoU plots
 ``docs/images/ablation_<table>[_<scale>]_ap_vs_iou.png`` are regenerated from all stored results.
@@ -25,6 +26,7 @@ task (`kp_*` in `METRIC_SOURCES`).
 import argparse
 import contextlib
 import datetime
+import glob
 import io
 import json
 import math
@@ -319,12 +321,13 @@ register_table(AblationTable(
         "cpu": CPU_KEYPOINT_NOTE + " The two arms differ only in MODEL.MASK_ON (the mask branch of the other CPU "
                "tables: 4 convs of 128 + deconv, 28x28 masks, sigmoid loss). The paper's numbers are COCO "
                "test-dev; it reports keypoint AP only (box / mask AP here, the person class's, have no paper "
-               "value). The keypoint-only arm has the same config as Table 5's `roialign` arm.",
+               "value). The keypoint-only arm has the same config as Table 5's `roialign` arm, so the runner shares "
+               "those runs (same seeds) instead of training the model twice.",
         "coco": COCO_KEYPOINT_NOTE + " The paper's Table 4 is COCO test-dev with one model, ResNet-50-FPN (its "
                 "caption), so the ResNet-101-FPN arms have no paper number; these arms are evaluated on minival "
                 "(for test-dev run `--eval-only` with DATASETS.TEST (\"coco_2017_test-dev\",) and submit "
                 "the results json to the evaluation server). Box and mask AP are the person class's and have no "
-                "paper value here. `r50_fpn_kp` has the same config as Table 5's `roialign` arm.",
+                "paper value here. `r50_fpn_kp` has the same config as Table 5's `roialign` arm and shares its runs.",
     },
 ))
 
@@ -525,6 +528,35 @@ def _clean_intermediate_checkpoints(output_dir):
 
 
 CONFIG_STAMP = "arm_config_hash.txt"
+# Results key of an arm+seed whose config (hash) and seed equal another table's stored run, e.g. Table 4's
+# keypoint-only arm and Table 5's RoIAlign arm: it names that run ("<table>/<arm>/seed<s>.json" under the
+# scale's results dir) instead of training the same model twice; its metrics are read from there.
+SHARED_RUN = "same_run_as"
+
+
+def _identical_run(results_root, scale, seed, current_hash, exclude):
+    """The stored run ("<table>/<arm>/seed<s>.json") of this scale with the same seed and config hash, or None."""
+    sdir = os.path.join(results_root, scale)
+    for path in sorted(glob.glob(os.path.join(sdir, "*", "*", f"seed{seed}.json"))):
+        if os.path.abspath(path) == os.path.abspath(exclude):
+            continue
+        with open(path) as f:
+            rec = json.load(f)
+        if SHARED_RUN not in rec and rec.get("seed") == seed and rec.get("config_hash") == current_hash:
+            return os.path.relpath(path, sdir).replace(os.sep, "/")
+    return None
+
+
+def _shared_run_source(results_root, scale, record):
+    """The record of the run that `record` shares, if it still exists with the same config hash and seed."""
+    path = os.path.join(results_root, scale, *record[SHARED_RUN].split("/"))
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        source = json.load(f)
+    same = (SHARED_RUN not in source and source.get("config_hash") == record.get("config_hash")
+            and source.get("seed") == record.get("seed"))
+    return source if same else None
 
 
 def _config_stamp(out_dir):
@@ -561,7 +593,9 @@ def _set_aside_stale_output(out_dir, current_hash, tag, log):
 class ArmOutcome:
     arm: str
     seed: int
-    status: str  # "done", "skipped", "failed", "missing" (eval-only without checkpoint or results)
+    # "done", "shared" (another table's identical run), "skipped", "failed", "missing" (eval-only without
+    # checkpoint or results)
+    status: str
     result_file: Optional[str] = None
     log: Optional[str] = None
 
@@ -582,12 +616,29 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     if os.path.isfile(res_file):
         with open(res_file) as f:
             previous = json.load(f)
+        if SHARED_RUN in previous and _shared_run_source(results_root, scale, previous) is None:
+            log(f"{tag} the run it shared ({previous[SHARED_RUN]}) is gone or has another config; "
+                f"dropping {_rel(res_file)}")
+            os.remove(res_file)
+            previous = None
+    if previous is not None:
         if not eval_only:
             if previous.get("config_hash") not in (None, current):
                 log(f"{tag} WARNING: the stored results were produced with a different config (hash "
                     f"{previous.get('config_hash')} != {current}); delete {_rel(res_file)} to rerun this arm")
             log(f"{tag} done already ({_rel(res_file)}), skipped")
             return ArmOutcome(arm, seed, "skipped", res_file)
+    else:
+        twin = None if eval_only else _identical_run(results_root, scale, seed, current, res_file)
+        if twin is not None:
+            _write_json_atomic(res_file, {
+                "table": tab.key, "scale": scale, "arm": arm, "label": arm_obj.label, "paper_row": arm_obj.paper_row,
+                "seed": seed, "config": _rel(config_file), "opts": list(opts), "config_hash": current,
+                SHARED_RUN: twin, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            })
+            log(f"{tag} same config (hash {current}) and seed as {twin}: its run is shared, not retrained -> "
+                f"{_rel(res_file)}")
+            return ArmOutcome(arm, seed, "shared", res_file)
     argv = [sys.executable, TRAIN_NET]
     if num_gpus and num_gpus > 1:
         argv += ["--num-gpus", str(num_gpus)]
@@ -716,6 +767,16 @@ def load_results(results_root=RESULTS_ROOT):
                         with open(os.path.join(adir, name)) as f:
                             rec = json.load(f)
                         out.setdefault(scale, {}).setdefault(table, {}).setdefault(arm, {})[int(rec["seed"])] = rec
+    for scale, tables in out.items():  # a shared run reads its metrics, wall time, commit from the run it names
+        for arms in tables.values():
+            for recs in arms.values():
+                for seed, rec in list(recs.items()):
+                    if SHARED_RUN in rec:
+                        source = _shared_run_source(results_root, scale, rec)
+                        if source is None:
+                            del recs[seed]  # the runner retrains it
+                        else:
+                            recs[seed] = {**source, **rec}
     return out
 
 
@@ -777,6 +838,7 @@ def summarize_table(tab, scale, arm_results):
                                    for r in recs.values()})
         entry["opts"] = sorted({" ".join(r.get("opts") or []) for r in recs.values()})
         entry["config_hashes"] = sorted({r.get("config_hash") or "?" for r in recs.values()})
+        entry["shared_runs"] = {s: r[SHARED_RUN] for s, r in sorted(recs.items()) if SHARED_RUN in r}
         entry["max_iter"] = sorted({r.get("max_iter") for r in recs.values() if r.get("max_iter") is not None})
         entry["commands"] = {s: r.get("command") for s, r in sorted(recs.items())}
         entry["suite_commands"] = sorted({r.get("suite_command") for r in recs.values() if r.get("suite_command")})
@@ -929,6 +991,10 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
     for a in summary["arms"]:
         w = a["wall_min"]
         wall = "—" if w[0] is None else f"{w[0]:.1f} ± {w[1]:.1f}"
+        if a["shared_runs"]:
+            sources = sorted({src.rsplit("/", 1)[0] for src in a["shared_runs"].values()})
+            wall += (f" (seed {', '.join(map(str, a['shared_runs']))}: the runs of {', '.join(sources)}, same "
+                     "config, not retrained)")
         opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
         L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
                  f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {', '.join(a['commits']) or '—'} | "
@@ -943,6 +1009,31 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
             L.append(f"- `{cmds[0]}`")
     L.append("")
     return L
+
+
+def _suite_time_line(scale, tables, have):
+    """How long the scale's whole suite took so far (sum of the trained runs) and about how long the rest takes."""
+    runs = [r for arms in have.values() for recs in arms.values() for r in recs.values() if SHARED_RUN not in r]
+    walls = [r["wall_s"] / 60 for r in runs if r.get("wall_s") is not None]
+    overall = float(np.mean(walls)) if walls else None
+    n_missing, missing_min = 0, 0.0
+    for tab in tables:
+        for arm in tab.arms_for(scale):
+            recs = have.get(tab.key, {}).get(arm.name, {})
+            if any(SHARED_RUN in r for r in recs.values()):
+                continue  # its missing seeds come with the runs it shares
+            missing = [s for s in DEFAULT_SEEDS if s not in recs]
+            arm_walls = [r["wall_s"] / 60 for r in recs.values() if r.get("wall_s") is not None]
+            n_missing += len(missing)
+            missing_min += len(missing) * (float(np.mean(arm_walls)) if arm_walls else (overall or 0.0))
+    line = (f"Whole {scale.upper()} suite so far: {len(runs)} trained arm+seed runs, {sum(walls) / 60:.1f} h of "
+            "train + eval wall time in all (each run on its own machine and load, see the per-arm tables; an arm "
+            "that shares another table's run is counted once).")
+    if n_missing:
+        line += (f" Missing for {len(DEFAULT_SEEDS)} seeds per arm: {n_missing} arm+seed runs, about "
+                 f"{missing_min / 60:.1f} h more at each arm's measured mean wall time"
+                 + (f" (the mean of all runs, {overall:.1f} min, for arms not run yet)." if overall else "."))
+    return line
 
 
 def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
@@ -967,7 +1058,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         "How to run: `python train_net.py --ablation <2a|2b|2c|2d|2e|4|5|all> [--scale cpu|coco] [--seeds 0 1 2] "
         "[--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
         "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
-        "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped, a "
+        "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped (an "
+        "arm whose config and seed equal another table's stored run shares that run instead of training), a "
         "killed arm resumes from its last checkpoint (checkpoints trained with another config -- the arm's yaml "
         "or dataset changed since -- are moved to `seed<s>.stale-<n>/` and the arm starts afresh), and "
         "`--eval-only` re-evaluates the existing "
@@ -983,6 +1075,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         L.append(f"## {scale.upper()} scale")
         L.append("")
         L.append(CPU_COMMON_NOTE if scale == "cpu" else COCO_COMMON_NOTE)
+        L.append("")
+        L.append(_suite_time_line(scale, scale_tables, have))
         L.append("")
         for tab in scale_tables:
             s = summarize_table(tab, scale, have.get(tab.key, {}))
@@ -1067,7 +1161,7 @@ def run_ablation_from_args(args, runner=None, log=print):
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         log(f"FAILED: {o.arm} seed {o.seed} (log: {_rel(o.log)})")
-    counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "skipped", "failed", "missing")}
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "shared", "skipped", "failed", "missing")}
     log("ablation summary: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return 1 if failed else 0
 

@@ -606,6 +606,46 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(fake_table):
     assert fake.calls == [] and any("another config" in line for line in logs)
 
 
+def test_an_arm_with_another_tables_config_shares_its_run(fake_table, monkeypatch):
+    """Same config hash and seed as a stored run of another table (Table 4's keypoint-only arm = Table 5's
+    RoIAlign arm): no second training; the report reads that run's metrics and says so; once the shared run is
+    gone the arm trains."""
+    d = os.path.join(fake_table["configs_root"], "cpu", "twin")
+    os.makedirs(d)
+    with open(os.path.join(d, "a2.yaml"), "w") as f:  # fake/a's config under another name
+        f.write(f'_BASE_: "{os.path.join(fake_table["configs_root"], "cpu", "fake", "a.yaml")}"\n')
+    monkeypatch.setitem(TABLES, "twin", AblationTable(
+        key="twin", title="twin of fake", paper_table="2c", arms={"cpu": [Arm("a2", "RoIPool again", "RoIPool (max)")]},
+        baseline={"cpu": "a2"}, ablated_keys={"cpu": ()}))
+    fake = FakeTrainNet()
+    ablations.run_table("fake", "cpu", [0, 1], arms=["a"], runner=fake, log=lambda *a: None, **fake_table)
+    fake.calls.clear()
+    logs = []
+    outcomes = ablations.run_table("twin", "cpu", [0, 1, 2], runner=fake, log=logs.append, **fake_table)
+    # seeds 0 and 1 share fake/a's runs; seed 2 has none to share and trains
+    assert [o.status for o in outcomes] == ["shared", "shared", "done"]
+    assert [_opt(c, "SEED") for c in fake.calls] == ["2"]
+    shared = json.load(open(result_path("twin", "cpu", "a2", 0, fake_table["results_root"])))
+    assert shared[ablations.SHARED_RUN] == "fake/a/seed0.json" and "metrics" not in shared
+    results = ablations.load_results(fake_table["results_root"])["cpu"]
+    assert results["twin"]["a2"][1]["metrics"] == results["fake"]["a"][1]["metrics"]
+    assert results["twin"]["a2"][1]["wall_s"] == results["fake"]["a"][1]["wall_s"]
+    assert results["twin"]["a2"][1]["arm"] == "a2"
+    report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
+    assert "(seed 0, 1: the runs of fake/a, same config, not retrained)" in report
+    # the suite's time counts the 3 trained runs once (fake a: 2 seeds, twin a2 seed 2), not the shared ones
+    assert "Whole CPU suite so far: 3 trained arm+seed runs" in report
+    # the run it shared is removed (e.g. to be retrained): the arm trains its own
+    os.remove(result_path("fake", "cpu", "a", 1, fake_table["results_root"]))
+    assert 1 not in ablations.load_results(fake_table["results_root"])["cpu"]["twin"]["a2"]
+    fake.calls.clear()
+    logs.clear()
+    outcomes = ablations.run_table("twin", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    assert [o.status for o in outcomes] == ["skipped", "done"] and [_opt(c, "SEED") for c in fake.calls] == ["1"]
+    assert any("fake/a/seed1.json" in line and "gone" in line for line in logs)
+    assert ablations.SHARED_RUN not in json.load(open(result_path("twin", "cpu", "a2", 1, fake_table["results_root"])))
+
+
 def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     fake = FakeTrainNet(fail_on=("a", 0))
     outcomes = ablations.run_table("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)
