@@ -404,11 +404,15 @@ def _quote(arg):
 
 
 def git_commit():
-    """(commit sha, dirty) of the repository; (None, None) outside git."""
+    """(commit sha, dirty) of the repository; (None, None) outside git.
+
+    Dirty means a tracked file differs from the commit, except under results/ and docs/: every finished arm
+    rewrites the report and summary there, which would otherwise mark each later arm of a suite dirty."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=30).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)docs"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=30).stdout.strip() != ""
         return sha, (dirty if sha else None)
     except (OSError, subprocess.SubprocessError):

@@ -646,6 +646,28 @@ def test_an_arm_with_another_tables_config_shares_its_run(fake_table, monkeypatc
     assert ablations.SHARED_RUN not in json.load(open(result_path("twin", "cpu", "a2", 1, fake_table["results_root"])))
 
 
+def test_commit_is_dirty_for_changed_code_not_for_the_generated_report(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for rel in ("train_net.py", "docs/ablations.md", "results/ablations/summary.json"):
+        os.makedirs(os.path.dirname(str(tmp_path / rel)) or str(tmp_path), exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(ablations, "REPO_ROOT", str(tmp_path))
+    assert ablations.git_commit()[1] is False
+    (tmp_path / "docs" / "ablations.md").write_text("v2\n")  # what every finished arm rewrites
+    (tmp_path / "results" / "ablations" / "summary.json").write_text("v2\n")
+    (tmp_path / "results" / "ablations" / "new.json").write_text("{}\n")
+    assert ablations.git_commit()[1] is False
+    (tmp_path / "train_net.py").write_text("v2\n")
+    sha, dirty = ablations.git_commit()
+    assert dirty is True and len(sha) == 40
+
+
 def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     fake = FakeTrainNet(fail_on=("a", 0))
     outcomes = ablations.run_table("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)
