@@ -14,7 +14,8 @@ each IoU threshold 0.50:0.05:0.95
 (recomputed with pycocotools from the arm's ``coco_instances_results.json``), the wall time, the commit and the
 command in ``results/ablations/<scale>/<table>/<arm>/seed<s>.json``. An arm+seed whose results file exists is
 skipped; one whose config (hash) and seed equal a stored run of another table is not trained again: its results
-file names that run (``same_run_as``), whose metrics the report reads. ``--eval-only`` re-evaluates the existing checkpoints (``<dir>/model_final.pth``) without training.
+file names that run (``same_run_as``), whose metrics the report reads. ``--eval-only`` re-evaluates the existing
+checkpoints (``<dir>/model_final.pth``) without training.
 Finally the report ``docs/ablations.md`` (paper vs. ours, gains with standard errors, commands, wall times),
 the json summary ``results/ablations/summary.json`` and, for Table 2c/2d, the AP-vs-IoU plots
 ``docs/images/ablation_<table>[_<scale>]_ap_vs_iou.png`` are regenerated from all stored results.
