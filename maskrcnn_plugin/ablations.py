@@ -539,6 +539,11 @@ CONFIG_STAMP = "arm_config_hash.txt"
 SHARED_RUN = "same_run_as"
 
 
+def _is_trained_run(rec, seed, config_hash):
+    """Whether `rec` is a trained (not shared) run of this seed and config hash."""
+    return SHARED_RUN not in rec and rec.get("seed") == seed and rec.get("config_hash") == config_hash
+
+
 def _identical_run(results_root, scale, seed, current_hash, exclude):
     """The stored run ("<table>/<arm>/seed<s>.json") of this scale with the same seed and config hash, or None."""
     sdir = os.path.join(results_root, scale)
@@ -546,22 +551,18 @@ def _identical_run(results_root, scale, seed, current_hash, exclude):
         if os.path.abspath(path) == os.path.abspath(exclude):
             continue
         with open(path) as f:
-            rec = json.load(f)
-        if SHARED_RUN not in rec and rec.get("seed") == seed and rec.get("config_hash") == current_hash:
-            return os.path.relpath(path, sdir).replace(os.sep, "/")
+            if _is_trained_run(json.load(f), seed, current_hash):
+                return os.path.relpath(path, sdir).replace(os.sep, "/")
     return None
 
 
-def _shared_run_source(results_root, scale, record):
-    """The record of the run that `record` shares, if it still exists with the same config hash and seed."""
+def _shared_run_valid(results_root, scale, record):
+    """Whether the run that `record` shares still exists with the same config hash and seed."""
     path = os.path.join(results_root, scale, *record[SHARED_RUN].split("/"))
     if not os.path.isfile(path):
-        return None
+        return False
     with open(path) as f:
-        source = json.load(f)
-    same = (SHARED_RUN not in source and source.get("config_hash") == record.get("config_hash")
-            and source.get("seed") == record.get("seed"))
-    return source if same else None
+        return _is_trained_run(json.load(f), record.get("seed"), record.get("config_hash"))
 
 
 def _config_stamp(out_dir):
@@ -621,7 +622,7 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     if os.path.isfile(res_file):
         with open(res_file) as f:
             previous = json.load(f)
-        if SHARED_RUN in previous and _shared_run_source(results_root, scale, previous) is None:
+        if SHARED_RUN in previous and not _shared_run_valid(results_root, scale, previous):
             log(f"{tag} the run it shared ({previous[SHARED_RUN]}) is gone or has another config; "
                 f"dropping {_rel(res_file)}")
             os.remove(res_file)
@@ -777,11 +778,12 @@ def load_results(results_root=RESULTS_ROOT):
             for recs in arms.values():
                 for seed, rec in list(recs.items()):
                     if SHARED_RUN in rec:
-                        source = _shared_run_source(results_root, scale, rec)
-                        if source is None:
-                            del recs[seed]  # the runner retrains it
-                        else:
+                        table, arm = rec[SHARED_RUN].split("/")[:2]
+                        source = tables.get(table, {}).get(arm, {}).get(seed, {})
+                        if _is_trained_run(source, seed, rec.get("config_hash")):
                             recs[seed] = {**source, **rec}
+                        else:
+                            del recs[seed]  # the runner retrains it
     return out
 
 
