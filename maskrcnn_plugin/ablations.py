@@ -223,17 +223,17 @@ register_table(AblationTable(
     notes={
         "cpu": "R-18-C5 (res5 output, stride 32) instead of R-50-C5, with the same light heads as the other "
                "CPU models (2 fc of 512 for boxes on 7x7 RoI features; 4 convs of 128 + deconv for masks on "
-               "14x14 RoI features). Trained and evaluated on shapes_large_train / shapes_large_val: the same "
+               "14x14 RoI features). Trained and evaluated on shapes_large_sparse_train / _val: the same "
                "generator with objects of 32 px to 0.8 x the image side (default 12 px to 0.6 x, median ~28 "
-               "px), because at stride 32 most default objects cover one feature cell (a COCO object at 800 "
-               "px covers several) and neither arm learned in 600 iterations there (seed 0, results in commit "
-               "ed18965: box AP 1.9 vs 4.1). 64 sampled RoIs per image (128 in the other CPU tables) and "
-               "1000 iterations (600 before): with 128 RoIs and 600 iterations on shapes_large both arms were "
-               "still barely trained (seed 0, results in commit 3fb1063: mask AP 0.1 vs 1.4, mask AP75 0.0 "
-               "vs 0.1, box AP 3.7 vs 8.4). Halving the RoIs was meant to pay for the longer schedule; here it "
-               "ran at 2.0 s/iter (36 min per arm) and seed 0 ended no better (box AP 1.2 vs 6.8, mask AP 0.1 vs "
-               "1.7), so this setup is still being fixed: at stride 32 this dataset is barely learnt within "
-               "a CPU budget.",
+               "px), 2-4 instances and 2 distractors per image (default 2-8 and 3-11). Why: at stride 32 most "
+               "default objects cover one feature cell (a COCO object at 800 px covers several) and neither "
+               "arm learned in 600 iterations there (seed 0, commit ed18965: box AP 1.9 vs 4.1); with large "
+               "objects but the default clutter both arms stayed barely trained, at 128 RoIs / 600 iterations "
+               "(commit 3fb1063: mask AP 0.1 vs 1.4, box AP 3.7 vs 8.4) and at 64 RoIs / 1000 iterations "
+               "(commit 1f20160: mask AP 0.1 vs 1.7, box AP 1.2 vs 6.8, mask AP75 0.0 vs 0.1), too weak to "
+               "measure the paper's AP75 effect. 64 sampled RoIs per image (128 in the other CPU tables) and "
+               "1000 iterations: the RoIs halved to pay for the longer schedule (2.0 s/iter, ~36 min per arm "
+               "on this 2-core machine, over the 15-minute target).",
     },
 ))
 

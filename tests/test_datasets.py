@@ -29,8 +29,8 @@ def _unregister(name):
 
 
 def test_builtin_names_registered_with_metadata():
-    for name in ("shapes_train", "shapes_val", "shapes_test", "shapes_kp_train", "shapes_kp_val", "shapes_large_train",
-                 "shapes_large_val"):
+    for name in ("shapes_train", "shapes_val", "shapes_test", "shapes_kp_train", "shapes_kp_val",
+                 "shapes_large_sparse_train", "shapes_large_sparse_val"):
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco"
@@ -40,10 +40,11 @@ def test_builtin_names_registered_with_metadata():
     assert MetadataCatalog.get("shapes_val").shapes_params["seed"] == 1
     assert MetadataCatalog.get("shapes_train").shapes_params["num_images"] == 1000
     assert not MetadataCatalog.get("shapes_train").get("keypoint_names")
-    large, default = MetadataCatalog.get("shapes_large_train").shapes_params, MetadataCatalog.get("shapes_train").shapes_params
-    assert (large["min_size"], large["max_size_frac"]) == (32, 0.8)
-    assert {k: v for k, v in large.items() if k not in ("min_size", "max_size_frac")} == \
-        {k: v for k, v in default.items() if k not in ("min_size", "max_size_frac")}
+    large = MetadataCatalog.get("shapes_large_sparse_train").shapes_params
+    default = MetadataCatalog.get("shapes_train").shapes_params
+    changed = {"min_size": 32, "max_size_frac": 0.8, "max_instances": 4, "max_distractors": 2}
+    assert {k: large[k] for k in changed} == changed
+    assert {k: v for k, v in large.items() if k not in changed} == {k: v for k, v in default.items() if k not in changed}
     kp = MetadataCatalog.get("shapes_kp_train")
     assert kp.thing_classes[-1] == "person"
     assert kp.keypoint_names == list(PERSON_KEYPOINT_NAMES)
