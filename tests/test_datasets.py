@@ -43,8 +43,7 @@ def test_builtin_names_registered_with_metadata():
     large = MetadataCatalog.get("shapes_large_sparse_train").shapes_params
     default = MetadataCatalog.get("shapes_train").shapes_params
     changed = {"min_size": 32, "max_size_frac": 0.8, "max_instances": 4, "max_distractors": 2}
-    assert {k: large[k] for k in changed} == changed
-    assert {k: v for k, v in large.items() if k not in changed} == {k: v for k, v in default.items() if k not in changed}
+    assert large == {**default, **changed}
     kp = MetadataCatalog.get("shapes_kp_train")
     assert kp.thing_classes[-1] == "person"
     assert kp.keypoint_names == list(PERSON_KEYPOINT_NAMES)

@@ -12,7 +12,7 @@ shapes_kp_train            0      1000    256   same + person (13 keypoints)
 shapes_kp_val              1      200     256   same + person
 shapes_person_train        0      1000    256   the shapes_kp_train images, persons alone annotated (1 class)
 shapes_person_val          1      200     256   the shapes_kp_val images, persons alone annotated
-shapes_large_sparse_train  0      1000    256   same classes, objects 32 px .. 0.8 x image side, 2-4 instances, 2 distractors
+shapes_large_sparse_train  0      1000    256   same, objects 32 px .. 0.8 x side, 2-4 instances, 2 distractors
 shapes_large_sparse_val    1      200     256   as shapes_large_sparse_train
 =========================  =====  ======  ====  ===========================
 
