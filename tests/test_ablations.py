@@ -330,9 +330,9 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     assert all(v == first for v in vals.values()), vals
     if table in KEYPOINT_TABLES:
         assert first["DATASETS.TRAIN"] == ("shapes_person_train",) and first["DATASETS.TEST"] == ("shapes_person_val",)
-    elif table == "2d":  # stride 32: the larger-object, lighter-clutter variant (see the table's note)
-        assert first["DATASETS.TRAIN"] == ("shapes_large_sparse_train",)
-        assert first["DATASETS.TEST"] == ("shapes_large_sparse_val",)
+    elif table == "2d":  # stride 32: large solid shapes, no distractors (see the table's note)
+        assert first["DATASETS.TRAIN"] == ("shapes_solid_train",)
+        assert first["DATASETS.TEST"] == ("shapes_solid_val",)
     else:
         assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
     assert first["MODEL.WEIGHTS"] == ""

@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 
 import maskrcnn_plugin.data as data
 from maskrcnn_plugin.data import datasets as ds
-from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES
+from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES, SOLID_SHAPE_CLASSES
 
 
 @pytest.fixture
@@ -30,20 +30,22 @@ def _unregister(name):
 
 def test_builtin_names_registered_with_metadata():
     for name in ("shapes_train", "shapes_val", "shapes_test", "shapes_kp_train", "shapes_kp_val",
-                 "shapes_large_sparse_train", "shapes_large_sparse_val"):
+                 "shapes_solid_train", "shapes_solid_val"):
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco"
         assert meta.json_file.endswith("annotations.json") and meta.image_root.endswith("images")
-        assert meta.thing_classes[: len(SHAPE_CLASSES)] == list(SHAPE_CLASSES)
+        classes = SOLID_SHAPE_CLASSES if "solid" in name else SHAPE_CLASSES
+        assert meta.thing_classes[: len(classes)] == list(classes)
     assert MetadataCatalog.get("shapes_train").shapes_params["seed"] == 0
     assert MetadataCatalog.get("shapes_val").shapes_params["seed"] == 1
     assert MetadataCatalog.get("shapes_train").shapes_params["num_images"] == 1000
     assert not MetadataCatalog.get("shapes_train").get("keypoint_names")
-    large = MetadataCatalog.get("shapes_large_sparse_train").shapes_params
+    solid = MetadataCatalog.get("shapes_solid_train").shapes_params
     default = MetadataCatalog.get("shapes_train").shapes_params
-    changed = {"min_size": 32, "max_size_frac": 0.8, "max_instances": 4, "max_distractors": 2}
-    assert large == {**default, **changed}
+    changed = {"classes": list(SOLID_SHAPE_CLASSES), "min_size": 32, "max_size_frac": 0.8, "max_instances": 4,
+               "max_distractors": 0}
+    assert solid == {**default, **changed}
     kp = MetadataCatalog.get("shapes_kp_train")
     assert kp.thing_classes[-1] == "person"
     assert kp.keypoint_names == list(PERSON_KEYPOINT_NAMES)

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskrcnn_plugin.data import shapes
-from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES, generate_shapes
+from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES, SOLID_SHAPE_CLASSES, generate_shapes
 
 SIZE = 256
 
@@ -103,6 +103,30 @@ def test_invalid_params():
         shapes.shapes_params(0, 1, classes=("ring", "square"))
     with pytest.raises(ValueError, match="min_size"):
         shapes.shapes_params(0, 1, image_size=32, min_size=30)
+
+
+def _runs_contiguous(mask):
+    """True if the pixels of every row and every column form one run (as for a convex shape)."""
+    for m in (mask, mask.T):
+        for row in m[m.any(1)]:
+            idx = np.flatnonzero(row)
+            if idx[-1] - idx[0] + 1 != len(idx):
+                return False
+    return True
+
+
+def test_solid_classes_are_convex_and_default_ones_are_not():
+    rng = np.random.default_rng(0)
+    for cat in SOLID_SHAPE_CLASSES:
+        for _ in range(20):
+            mask, _, _ = shapes._rasterize(shapes._SHAPE_FNS[cat](rng, rng.uniform(32, 200)), 0.0, 0.0)
+            assert mask.sum() > 0.3 * mask.size and _runs_contiguous(mask), cat
+    for cat in ("ring", "crescent", "star", "cross"):  # holes, horns, spikes, bars
+        masks = [shapes._rasterize(shapes._SHAPE_FNS[cat](rng, 120.0), 0.0, 0.0)[0] for _ in range(20)]
+        assert not all(_runs_contiguous(m) for m in masks), cat
+    params = shapes.shapes_params(0, 1, classes=SOLID_SHAPE_CLASSES, max_distractors=0)
+    _, instances = shapes.render_image(np.random.default_rng(0), params)
+    assert instances and {i["category"] for i in instances} <= set(SOLID_SHAPE_CLASSES)
 
 
 def test_coco_json_structure(plain):

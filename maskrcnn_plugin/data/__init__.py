@@ -20,5 +20,6 @@ from .shapes import (  # noqa: F401
     PERSON_KEYPOINT_OKS_SIGMAS,
     PERSON_SKELETON,
     SHAPE_CLASSES,
+    SOLID_SHAPE_CLASSES,
     generate_shapes,
 )

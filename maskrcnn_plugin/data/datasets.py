@@ -12,14 +12,17 @@ shapes_kp_train            0      1000    256   same + person (13 keypoints)
 shapes_kp_val              1      200     256   same + person
 shapes_person_train        0      1000    256   the shapes_kp_train images, persons alone annotated (1 class)
 shapes_person_val          1      200     256   the shapes_kp_val images, persons alone annotated
-shapes_large_sparse_train  0      1000    256   same, objects 32 px .. 0.8 x side, 2-4 instances, 2 distractors
-shapes_large_sparse_val    1      200     256   as shapes_large_sparse_train
+shapes_solid_train         0      1000    256   disc rectangle triangle half_disc; objects 32 px .. 0.8 x side,
+                                                2-4 instances, no distractors
+shapes_solid_val           1      200     256   as shapes_solid_train
 =========================  =====  ======  ====  ===========================
 
-The ``shapes_large_sparse_*`` pair serves the single stride-32 map of Table 2d: with the default sizes (12 px
-.. 0.6 x side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at
-800 px; and with the default clutter (up to 8 overlapping instances, up to 11 instance-like distractors) a
-from-scratch stride-32 model barely learns within a CPU budget (Table 2d's note has the measurements).
+The ``shapes_solid_*`` pair serves the single stride-32 map of Table 2d: with the default sizes (12 px .. 0.6 x
+side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at 800 px;
+the default classes' thin parts (bars, spikes, holes) are narrower than one cell; and with the default clutter
+(up to 8 overlapping instances, up to 11 instance-like distractors) a from-scratch stride-32 model barely
+learns within a CPU budget (Table 2d's note has the measurements). The distractors are discs and polygons,
+which the solid classes would resemble, hence none.
 
 The ``shapes_person_*`` pair is the paper's keypoint task (one class, person; Sec. 5): the same images as
 ``shapes_kp_*``, whose shapes stay in the pictures as unlabelled clutter.
@@ -62,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 ENV_DATA_ROOT = "MASKRCNN_PLUGIN_DATA"
 
-_LARGE_SPARSE = dict(min_size=32, max_size_frac=0.8, max_instances=4, max_distractors=2)
+_SOLID = dict(classes=_shapes.SOLID_SHAPE_CLASSES, min_size=32, max_size_frac=0.8, max_instances=4, max_distractors=0)
 BUILTIN_SHAPES = {
     "shapes_train": dict(seed=0, num_images=1000, image_size=256),
     "shapes_val": dict(seed=1, num_images=200, image_size=256),
@@ -71,8 +74,8 @@ BUILTIN_SHAPES = {
     "shapes_kp_val": dict(seed=1, num_images=200, image_size=256, with_person=True),
     "shapes_person_train": dict(seed=0, num_images=1000, image_size=256, with_person=True, person_only=True),
     "shapes_person_val": dict(seed=1, num_images=200, image_size=256, with_person=True, person_only=True),
-    "shapes_large_sparse_train": dict(seed=0, num_images=1000, image_size=256, **_LARGE_SPARSE),
-    "shapes_large_sparse_val": dict(seed=1, num_images=200, image_size=256, **_LARGE_SPARSE),
+    "shapes_solid_train": dict(seed=0, num_images=1000, image_size=256, **_SOLID),
+    "shapes_solid_val": dict(seed=1, num_images=200, image_size=256, **_SOLID),
 }
 
 # shapes[_kp|_person]_<split>_s<seed>_n<num>_px<size>

@@ -6,7 +6,9 @@ depends on the parameters (byte-identical json and PNGs for identical parameters
 Difficulty, by design (see docs/shapes_dataset.md):
 
 * classes with thin parts and curved boundaries (ring, crescent, star, cross, hook), where a one-pixel
-  misalignment of RoI features costs mask IoU;
+  misalignment of RoI features costs mask IoU; a second, opt-in set of solid classes (disc, rectangle,
+  triangle, half-disc: ``SOLID_SHAPE_CLASSES``) has no holes, bars or spikes, for coarse (stride-32) feature
+  maps whose cells are wider than such thin parts;
 * a wide, log-uniform scale range (default 12 px .. 60% of the image side) and random rotations;
 * occlusion: later instances are drawn over earlier ones; an instance's mask is what stays visible, and
   instances with < 20 visible pixels or < 30% of their area visible are dropped *before* drawing (so no
@@ -36,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "SHAPE_CLASSES",
+    "SOLID_SHAPE_CLASSES",
     "PERSON_KEYPOINT_NAMES",
     "PERSON_KEYPOINT_FLIP_MAP",
     "PERSON_SKELETON",
@@ -52,7 +55,8 @@ __all__ = [
 # Bump when the drawing code changes so cached datasets of an older generator are not reused.
 GENERATOR_VERSION = 2
 
-SHAPE_CLASSES = ("ring", "crescent", "star", "cross", "hook")
+SHAPE_CLASSES = ("ring", "crescent", "star", "cross", "hook")  # the default classes
+SOLID_SHAPE_CLASSES = ("disc", "rectangle", "triangle", "half_disc")
 
 # Person keypoints. "left" is the figure's own left, i.e. the viewer's right for an upright figure that
 # faces the viewer (COCO's convention); horizontal flipping swaps the pairs in PERSON_KEYPOINT_FLIP_MAP.
@@ -143,9 +147,9 @@ def shapes_params(
 ):
     """Validate and normalise the generation parameters into a json-able dict (the cache key)."""
     classes = tuple(classes)
-    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    unknown = [c for c in classes if c not in _SHAPE_FNS]
     if unknown or not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from {SHAPE_CLASSES}, got {classes!r}")
+        raise ValueError(f"classes must be distinct names from {tuple(_SHAPE_FNS)}, got {classes!r}")
     ints = dict(seed=seed, num_images=num_images, image_size=image_size, min_size=min_size,
                 min_instances=min_instances, max_instances=max_instances, max_distractors=max_distractors)
     for k, v in ints.items():
@@ -302,12 +306,39 @@ def _shape_hook(rng, d):
     return _transform_ops(ops, rng.uniform(0, 2 * math.pi), shift=-(lo + hi) / 2, scale=scale)
 
 
+def _shape_disc(rng, d):
+    return [("poly", _ellipse(0, 0, d / 2, d / 2 * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi)), 1)]
+
+
+def _shape_rectangle(rng, d):
+    h = d / 2 * rng.uniform(0.6, 1.0)
+    return [("poly", _rot(_rect(-d / 2, -h, d / 2, h), rng.uniform(0, math.pi)), 1)]
+
+
+def _shape_triangle(rng, d):
+    # corners spread round the circle (every angle >= ~40 degrees): no spike
+    ang = rng.uniform(0, 2 * math.pi) + np.array([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    ang = ang + rng.uniform(-0.3, 0.3, size=3)
+    return [("poly", np.stack([np.cos(ang), np.sin(ang)], axis=1) * (d / 2), 1)]
+
+
+def _shape_half_disc(rng, d):
+    t = np.linspace(0.0, math.pi, 48)
+    b = d / 2 * rng.uniform(0.7, 1.0)
+    pts = np.stack([d / 2 * np.cos(t), b * (0.5 - np.sin(t))], axis=1)  # flat side at y = b / 2
+    return [("poly", _rot(pts, rng.uniform(0, 2 * math.pi)), 1)]
+
+
 _SHAPE_FNS = {
     "ring": _shape_ring,
     "crescent": _shape_crescent,
     "star": _shape_star,
     "cross": _shape_cross,
     "hook": _shape_hook,
+    "disc": _shape_disc,
+    "rectangle": _shape_rectangle,
+    "triangle": _shape_triangle,
+    "half_disc": _shape_half_disc,
 }
 
 
