@@ -1016,10 +1016,10 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
             wall += (f" (seed {', '.join(map(str, a['shared_runs']))}: the runs of {', '.join(sources)}, same "
                      "config, not retrained)")
         opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
+        differs = " (**differs between seeds**)" if len(a["config_hashes"]) > 1 else ""
         L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
                  f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {', '.join(a['commits']) or '—'} | "
-                 f"{', '.join(a['config_hashes']) or '—'}{' (**differs between seeds**)' if len(a['config_hashes']) > 1 else ''} | "
-                 f"{opts} |")
+                 f"{', '.join(a['config_hashes']) or '—'}{differs} | {opts} |")
     L.append("")
     L.append("Exact commands (one per arm, the lowest seed; the others differ only in SEED and OUTPUT_DIR):")
     L.append("")

@@ -124,8 +124,8 @@ PERSON_KEYPOINT_CONNECTION_RULES = tuple((a, b, _side_color(a, b)) for a, b in _
 
 _MIN_VISIBLE_PIXELS = 20
 _MIN_VISIBLE_FRACTION = 0.3
-_MIN_CONTRAST = 70.0
-_P_NEAR = 0.4  # probability that an instance is placed next to an earlier one  # RGB distance between an instance's colour and the background under it
+_MIN_CONTRAST = 70.0  # RGB distance between an instance's colour and the background under it
+_P_NEAR = 0.4  # probability that an instance is placed next to an earlier one
 
 
 # ------------------------------------------------------------------------------------------------------------
