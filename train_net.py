@@ -15,7 +15,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 
 import maskrcnn_plugin
 from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer
-from maskrcnn_plugin.data import register_datasets_from_cfg
+from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
 from maskrcnn_plugin.data.mapper import CheckedDatasetMapper, build_checked_train_loader
 from maskrcnn_plugin.evaluation import build_evaluator
 from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo processes on CPU-only machines
@@ -52,6 +52,7 @@ def setup(args):
     maskrcnn_plugin.check_maskrcnn_plugin_config(cfg)
     cfg.freeze()
     register_datasets_from_cfg(cfg)
+    check_num_classes(cfg)
     default_setup(cfg, args)
     return cfg
 

@@ -320,6 +320,16 @@ EXACT_DIFF = {
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
+def test_cpu_arms_predict_their_datasets_classes(table):
+    from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
+
+    for a in TABLES[table].arms["cpu"]:
+        cfg = load_arm_cfg(arm_config_path(table, "cpu", a.name))
+        register_datasets_from_cfg(cfg)
+        check_num_classes(cfg)
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
 def test_cpu_arms_share_data_schedule_and_seed(table):
     keys = ["DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.BASE_LR",
             "SOLVER.IMS_PER_BATCH", "SOLVER.WARMUP_ITERS", "SEED", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",

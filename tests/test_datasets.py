@@ -168,6 +168,21 @@ def test_register_datasets_from_cfg(tmp_path):
         _unregister("shapes_cfgtest_s3_n2_px64")
 
 
+def test_check_num_classes_names_key_dataset_and_count():
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("shapes_solid_train",), ("shapes_solid_val",)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 5
+    with pytest.raises(ValueError, match=r"NUM_CLASSES is 5 but dataset 'shapes_solid_train' has 4 classes"):
+        data.check_num_classes(cfg)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    data.check_num_classes(cfg)
+    cfg.DATASETS.TEST = ("shapes_val",)
+    with pytest.raises(ValueError, match=r"dataset 'shapes_val' has 5 classes"):
+        data.check_num_classes(cfg)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checked COCO loading
 # ---------------------------------------------------------------------------------------------------------

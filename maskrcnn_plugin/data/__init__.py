@@ -3,6 +3,7 @@
 from .datasets import (  # noqa: F401  (registration happens on import)
     BUILTIN_SHAPES,
     SHAPES_NAME_PATTERN,
+    check_num_classes,
     ensure_registered,
     get_data_root,
     load_coco_json_checked,

@@ -55,6 +55,7 @@ __all__ = [
     "register_shapes",
     "ensure_registered",
     "register_datasets_from_cfg",
+    "check_num_classes",
     "prepare_dataset",
     "shapes_metadata",
     "load_coco_json_checked",
@@ -226,6 +227,25 @@ def register_datasets_from_cfg(cfg):
         set_data_root(shapes_cfg.ROOT)
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         ensure_registered(name)
+
+
+def check_num_classes(cfg):
+    """Raise ValueError unless every dataset in cfg.DATASETS.TRAIN/TEST whose classes are known (registered
+    metadata ``thing_classes``) has cfg.MODEL.ROI_HEADS.NUM_CLASSES of them.
+
+    Without it a mismatch trains to the end and only fails in COCO evaluation (a predicted class id outside the
+    dataset's), or, with fewer model classes than the dataset's, fails at the first ground-truth class id.
+    """
+    from detectron2.data import MetadataCatalog
+
+    num = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != num:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {num} but dataset {name!r} has {len(classes)} classes "
+                f"{list(classes)}; set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------------
