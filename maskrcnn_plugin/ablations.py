@@ -112,7 +112,7 @@ CPU_COMMON_NOTE = (
     "generated shapes dataset (shapes_train: 1000 images; evaluated on shapes_val: 200 images; 256 px, 5 "
     "classes; the keypoint Tables 4 and 5 use shapes_person_train / shapes_person_val, the same kind of "
     "images with a stick-figure person with 13 keypoints as the only annotated class; Table 2d a variant with "
-    "larger objects and less clutter, see its note) instead of COCO (80 "
+    "4 solid classes, larger objects and no distractors, see its note) instead of COCO (80 "
     "classes, 800 px), which would not train to a measurable AP in minutes; ResNet-18/34 with trainable BN "
     "from random initialisation (no ImageNet weights can be downloaded here, and R-50/101 are too slow) "
     "instead of ImageNet-initialised ResNet-50/101 with frozen BN; 4 images per batch, lr 0.02 (keypoints: "
