@@ -17,12 +17,9 @@ shapes_solid_train         0      1000    256   disc rectangle triangle half_dis
 shapes_solid_val           1      200     256   as shapes_solid_train
 =========================  =====  ======  ====  ===========================
 
-The ``shapes_solid_*`` pair serves the single stride-32 map of Table 2d: with the default sizes (12 px .. 0.6 x
-side, median ~28 px) most objects cover one cell of a stride-32 map, far fewer than a COCO object at 800 px;
-the default classes' thin parts (bars, spikes, holes) are narrower than one cell; and with the default clutter
-(up to 8 overlapping instances, up to 11 instance-like distractors) a from-scratch stride-32 model barely
-learns within a CPU budget (Table 2d's note has the measurements). The distractors are discs and polygons,
-which the solid classes would resemble, hence none.
+The ``shapes_solid_*`` pair serves the single stride-32 map of Table 2d, whose 32 px cells are wider than the
+default classes' bars, spikes and holes and than most default-size objects; the distractors (discs and
+polygons) would look like the solid classes, hence none. Table 2d's note has the measurements.
 
 The ``shapes_person_*`` pair is the paper's keypoint task (one class, person; Sec. 5): the same images as
 ``shapes_kp_*``, whose shapes stay in the pictures as unlabelled clutter.
