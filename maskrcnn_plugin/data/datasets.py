@@ -233,8 +233,6 @@ def check_num_classes(cfg):
     Without it a mismatch trains to the end and only fails in COCO evaluation (a predicted class id outside the
     dataset's), or, with fewer model classes than the dataset's, fails at the first ground-truth class id.
     """
-    from detectron2.data import MetadataCatalog
-
     num = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("thing_classes")
