@@ -239,8 +239,9 @@ register_table(AblationTable(
                "issue's feasibility run (stock detectron2, R-18-C5, 4 simple shape classes) reached mask AP75 "
                "30 with RoIAlign, hence the solid classes; the distractors (discs and polygons) would look like "
                "them, hence none. 64 sampled RoIs per image (128 in the other CPU tables) and 1000 iterations: "
-               "the RoIs halved to pay for the longer schedule (~2 s/iter, ~36 min per arm on this 2-core "
-               "machine, over the 15-minute target).",
+               "the RoIs halved to pay for the longer schedule (~2 s/iter, ~36 min per arm on the 2-core "
+               "machine of 2026-12-01; 0.9 s/iter, 17 min on that of 2026-12-02: over the 15-minute target "
+               "on both).",
     },
 ))
 
