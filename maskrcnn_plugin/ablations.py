@@ -182,8 +182,9 @@ register_table(AblationTable(
                "With 5 classes (paper: 80) fewer masks compete in the softmax, so a smaller gap than the "
                "paper's is expected. The class-agnostic arm falls much further below the class-specific sigmoid "
                "arm than in the paper (which finds the two nearly equal). A likely reason, not tested: each of "
-               "the 5 classes here is one fixed shape, so a per-class mask carries a strong shape prior that "
-               "a shared mask must instead read off the weak from-scratch features.",
+               "the 5 classes here is one kind of shape (ring, crescent, star, cross, hook), so a per-class "
+               "mask carries a strong shape prior that a shared mask must instead read off the weak "
+               "from-scratch features.",
     },
 ))
 
