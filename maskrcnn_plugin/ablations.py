@@ -180,11 +180,11 @@ register_table(AblationTable(
     notes={
         "cpu": "R-18 stride-16 single map with light heads (the C4 stand-in of Table 2c) instead of R-50-C4. "
                "With 5 classes (paper: 80) fewer masks compete in the softmax, so a smaller gap than the "
-               "paper's is expected. The class-agnostic arm falls much further below the class-specific sigmoid "
-               "arm than in the paper (which finds the two nearly equal). A likely reason, not tested: each of "
-               "the 5 classes here is one kind of shape (ring, crescent, star, cross, hook), so a per-class "
-               "mask carries a strong shape prior that a shared mask must instead read off the weak "
-               "from-scratch features.",
+               "paper's is expected. Where the class-agnostic arm falls further below the class-specific "
+               "sigmoid arm than in the paper (which finds the two nearly equal), a likely reason, not tested: "
+               "each of the 5 classes here is one kind of shape (ring, crescent, star, cross, hook), so a "
+               "per-class mask carries a shape prior that a shared mask must read off the weak from-scratch "
+               "features.",
     },
 ))
 
@@ -243,11 +243,10 @@ register_table(AblationTable(
                "issue's feasibility run (stock detectron2, R-18-C5, 4 simple shape classes) reached mask AP75 "
                "30 with RoIAlign, hence the solid classes; the distractors (discs and polygons) would look like "
                "them, hence none. 64 sampled RoIs per image (128 in the other CPU tables) and 1000 iterations: "
-               "the RoIs halved to pay for the longer schedule (~2 s/iter, ~36 min per arm on the 2-core "
-               "machine of 2026-12-01; 0.9 s/iter, 17 min on that of 2026-12-02: over the 15-minute target "
-               "on both). The gains come out about twice the paper's. A likely reason, not tested: one 32 px "
-               "quantization step is a larger share of a 32-205 px object on a 256 px image than of a COCO "
-               "object at 800 px.",
+               "the RoIs halved to pay for the longer schedule, which puts each arm over the 15-minute target "
+               "(wall times below). Where our gains exceed the paper's, a likely reason, not tested: one "
+               "32 px quantization step is a larger share of a 32-205 px object on a 256 px image than of a "
+               "COCO object at 800 px.",
     },
 ))
 
