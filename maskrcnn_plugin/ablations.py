@@ -122,9 +122,10 @@ CPU_COMMON_NOTE = (
     " (2 fc of 512 for boxes, 4 convs of 128 for masks, 8 convs of 128 for keypoints); no C4 res5 head (about"
     " 16 s per iteration here), replaced by a stride-16 single map with the light heads. All arms of a table "
     "share the data, schedule, seeds and every other setting; only the ablated component differs, so the "
-    "gains, not the absolute APs, are what compares with the paper. Wall times depend on the machine: on the "
-    "one of 2026-12-01 the same config (the main job's, Table 2e's FCN arm) took 22 min where an earlier "
-    "machine took 13.9 min."
+    "gains, not the absolute APs, are what compares with the paper. Wall times depend on the machine: the "
+    "runs were made in several sessions, each on its own machine of this 2-core kind, and the same config "
+    "took more than twice as long on some as on others (the spread in the per-arm wall-time columns), so "
+    "the 15-minute budget holds only on the faster ones."
 )
 
 TABLES: Dict[str, AblationTable] = {}
