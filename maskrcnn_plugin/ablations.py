@@ -973,8 +973,8 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
         L.append("")
         return L
     if summary["min_seeds"] < 3:
-        L.append(f"**Fewer than 3 seeds:** some arms have fewer (the fewest: {summary['min_seeds']}); means, std and "
-                 "standard errors are preliminary (std / SE need >= 2 seeds).")
+        L.append(f"**Fewer than 3 seeds:** some arms have fewer (the fewest: {summary['min_seeds']}); means, "
+                 "std and standard errors are preliminary (std / SE need >= 2 seeds).")
         L.append("")
     L.append("| arm (paper row) | metric | paper | ours (mean ± std) | n | paper gain | our gain ± SE | "
              "gain > 2·SE |")
@@ -1019,8 +1019,10 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
         w = a["wall_min"]
         if w[0] is None:
             wall = "—"
-        else:  # a single run has no spread to show
-            wall = f"{w[0]:.1f} ± {w[1]:.1f}" if len(a["seeds"]) > 1 else f"{w[0]:.1f} (1 seed)"
+        elif len(a["seeds"]) == 1:  # a single run has no spread to show
+            wall = f"{w[0]:.1f} (1 seed)"
+        else:
+            wall = f"{w[0]:.1f} ± {w[1]:.1f}"
         if a["shared_runs"]:
             sources = sorted({src.rsplit("/", 1)[0] for src in a["shared_runs"].values()})
             wall += (f" (seed {', '.join(map(str, a['shared_runs']))}: the runs of {', '.join(sources)}, same "
