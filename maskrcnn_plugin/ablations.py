@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -394,6 +395,28 @@ def result_path(table, scale, arm, seed, results_root=RESULTS_ROOT):
     return os.path.join(results_root, scale, table, arm, f"seed{seed}.json")
 
 
+LOG_NAME = "ablation_subprocess.log"  # the arm's train_net.py output, in its output directory
+
+
+def failure_path(table, scale, arm, seed, results_root=RESULTS_ROOT):
+    """Where a failed training run is recorded (beside the results, committed with them, so the report can
+    say which seeds are missing because training failed rather than because they were not run yet)."""
+    return os.path.join(results_root, scale, table, arm, f"failed_seed{seed}.json")
+
+
+def _last_error_line(log_path):
+    """The last `SomethingError: ...` line of a subprocess log, or None."""
+    last = None
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line):
+                    last = line.strip()
+    except OSError:
+        return None
+    return last
+
+
 def arm_output_dir(table, scale, arm, seed, output_root=OUTPUT_ROOT):
     return os.path.join(output_root, scale, table, arm, f"seed{seed}")
 
@@ -693,14 +716,23 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     else:
         argv += ["--resume"]  # continue from <OUTPUT_DIR>/last_checkpoint after a kill
     argv += run_opts
-    log_path = os.path.join(out_dir, "ablation_subprocess.log")
+    log_path = os.path.join(out_dir, LOG_NAME)
     resumed = (not eval_only) and os.path.isfile(os.path.join(out_dir, "last_checkpoint"))
     log(f"{tag} {'evaluating' if eval_only else 'training'}: {_display_command(argv)}")
     start = time.time()
     rc = runner(argv, log_path)
     wall = time.time() - start
+    fail_file = failure_path(tab.key, scale, arm, seed, results_root)
     if rc != 0:
         log(f"{tag} FAILED (exit {rc}) after {wall / 60:.1f} min; log: {_rel(log_path)}")
+        if not eval_only:
+            commit, dirty = git_commit()
+            _write_json_atomic(fail_file, {
+                "table": tab.key, "scale": scale, "arm": arm, "seed": seed, "config_hash": current,
+                "exit_status": rc, "error": _last_error_line(log_path), "wall_s": wall,
+                "command": _display_command(argv), "commit": commit, "dirty": dirty,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            })
         return ArmOutcome(arm, seed, "failed", log=log_path)
 
     cfg = load_arm_cfg(config_file, run_opts)
@@ -730,6 +762,8 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
         record.update(wall_s=wall, command=_display_command(argv), suite_command=suite_command, resumed=resumed)
         _clean_intermediate_checkpoints(out_dir)
     _write_json_atomic(res_file, record)
+    if os.path.isfile(fail_file):  # an earlier failure of this arm+seed, superseded by this run
+        os.remove(fail_file)
     aps = ", ".join(f"{label} AP {record['metrics'][task].get('AP')}"
                     for task, label in (("segm", "mask"), ("bbox", "box"), ("keypoints", "keypoint"))
                     if task in record["metrics"])
@@ -808,6 +842,16 @@ def load_results(results_root=RESULTS_ROOT):
                             recs[seed] = {**source, **rec}
                         else:
                             del recs[seed]  # the runner retrains it
+    return out
+
+
+def load_failures(results_root=RESULTS_ROOT):
+    """{scale: {table: {arm: {seed: record}}}} of the recorded failed training runs (see failure_path)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(results_root, "*", "*", "*", "failed_seed*.json"))):
+        with open(path) as f:
+            rec = json.load(f)
+        out.setdefault(rec["scale"], {}).setdefault(rec["table"], {}).setdefault(rec["arm"], {})[int(rec["seed"])] = rec
     return out
 
 
@@ -951,7 +995,26 @@ def _schedule_line(tab, scale, configs_root):
             f"test on {', '.join(cfg.DATASETS.TEST)}")
 
 
-def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
+def _failures_markdown(tab, scale, summary, failures):
+    """Lines listing the table's failed training runs that no later run replaced."""
+    labels = {a["arm"]: a["label"] for a in summary["arms"]}
+    done = {a["arm"]: set(a["seeds"]) for a in summary["arms"]}
+    rows = [(arm, seed, rec) for arm in labels for seed, rec in sorted(failures.get(arm, {}).items())
+            if seed not in done[arm]]
+    if not rows:
+        return []
+    L = ["**Failed runs** (missing from the means above; `--ablation` retries them, resuming from their last "
+         "checkpoint):", ""]
+    for arm, seed, rec in rows:
+        commit = (rec.get("commit") or "?")[:10] + ("+dirty" if rec.get("dirty") else "")
+        L.append(f"- {labels[arm]}, seed {seed}: {rec.get('error') or 'exit status ' + str(rec.get('exit_status'))}"
+                 f" (after {rec.get('wall_s', 0) / 60:.1f} min, commit {commit}, config hash "
+                 f"{rec.get('config_hash')}; log: `{_rel(os.path.join(arm_output_dir(tab.key, scale, arm, seed), LOG_NAME))}`)")
+    L.append("")
+    return L
+
+
+def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, failures=None):
     L = []
     L.append(f"### Table {tab.key} — {tab.title} ({scale} scale)")
     L.append("")
@@ -1010,6 +1073,7 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path):
              "± the standard error of that mean; \"gain > 2·SE\" says whether the mean gain exceeds twice its "
              "standard error. Paper gains are the paper's arm minus the paper's baseline row.")
     L.append("")
+    L.extend(_failures_markdown(tab, scale, summary, failures or {}))
     if tab.plot_iou:
         p = plot_path(tab.key, scale, docs_dir)
         if os.path.isfile(p):
@@ -1076,6 +1140,7 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
                  summary_path=None, log=print):
     """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results."""
     results = load_results(results_root)
+    failures = load_failures(results_root)
     report_path = os.path.join(docs_dir, report_name)
     summary_path = summary_path or os.path.join(results_root, "summary.json")
     summaries = []
@@ -1119,7 +1184,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
             summaries.append(s)
             if tab.plot_iou and s["max_seeds"] > 0:
                 plot_ap_vs_iou(s, plot_path(tab.key, scale, docs_dir))
-            L.extend(_table_markdown(tab, scale, s, docs_dir, configs_root, report_path))
+            L.extend(_table_markdown(tab, scale, s, docs_dir, configs_root, report_path,
+                                     failures.get(scale, {}).get(tab.key, {})))
     unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
                      if t not in TABLES or sc not in TABLES[t].arms)
     if unknown:

@@ -458,6 +458,8 @@ class FakeTrainNet:
         os.makedirs(out, exist_ok=True)
         open(log_path, "a").write("fake\n")
         if self.fail_on == (arm, seed):
+            open(log_path, "a").write("Traceback (most recent call last):\n"
+                                      "FloatingPointError: Loss became infinite or NaN at iteration=3!\n")
             return 1
         config = _opt(argv, "--config-file")
         opts = argv[argv.index(config) + 1:]
@@ -687,6 +689,14 @@ def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     assert os.path.exists(result_path("fake", "cpu", "b", 0, fake_table["results_root"]))
     report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
     assert "| **RoIPool** (RoIPool (max)) | mask AP | 26.9 | — | 0 |" in report
+    # the failure is recorded beside the results and named in the report, until a rerun replaces it
+    fail_file = ablations.failure_path("fake", "cpu", "a", 0, fake_table["results_root"])
+    assert json.load(open(fail_file))["error"] == "FloatingPointError: Loss became infinite or NaN at iteration=3!"
+    assert "- RoIPool, seed 0: FloatingPointError: Loss became infinite or NaN at iteration=3!" in report
+    outcomes = ablations.run_table("fake", "cpu", [0], runner=FakeTrainNet(), log=lambda *a: None, **fake_table)
+    assert [(o.arm, o.status) for o in outcomes] == [("a", "done"), ("b", "skipped")]
+    assert not os.path.exists(fail_file)
+    assert "Failed runs" not in open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
 
 
 def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
