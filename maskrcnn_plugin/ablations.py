@@ -161,7 +161,12 @@ register_table(AblationTable(
         "cpu": "Depth R-18 / R-34 stands for the paper's R-50 / R-101 (deeper from-scratch ResNets do not fit "
                "the 15-minute budget), and the stride-16 single map with light heads (see Table 2c) for the C4 "
                "model. The paper's C4 model predicts 14x14 masks and FPN 28x28; here both predict 28x28. There "
-               "is no ResNeXt arm.",
+               "is no ResNeXt arm. Where an R-34 arm falls below its R-18 counterpart (the paper's deeper "
+               "nets gain), a likely reason, checked only on the training loss of one seed: from random "
+               "initialisation and in 500 iterations the deeper net trains more slowly -- its training loss "
+               "at the end (metrics.json in the arm's output directory) stays above R-18's, so it underfits "
+               "rather than overfits, where the paper's deeper nets start from ImageNet weights. A run whose "
+               "loss diverges is listed under Failed runs; the shared lr is not lowered for one arm.",
         "coco": "ResNeXt-101 is the 32x8d model (detectron2's published ImageNet weights); following the paper "
                 "it trains with 1 image per GPU (8 per batch) and lr 0.01 for the same 160k iterations.",
     },
