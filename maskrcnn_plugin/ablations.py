@@ -1012,9 +1012,10 @@ def _failures_markdown(tab, scale, summary, failures):
          "checkpoint):", ""]
     for arm, seed, rec in rows:
         commit = (rec.get("commit") or "?")[:10] + ("+dirty" if rec.get("dirty") else "")
-        L.append(f"- {labels[arm]}, seed {seed}: {rec.get('error') or 'exit status ' + str(rec.get('exit_status'))}"
-                 f" (after {rec.get('wall_s', 0) / 60:.1f} min, commit {commit}, config hash "
-                 f"{rec.get('config_hash')}; log: `{_rel(os.path.join(arm_output_dir(tab.key, scale, arm, seed), LOG_NAME))}`)")
+        error = rec.get("error") or f"exit status {rec.get('exit_status')}"
+        log_file = _rel(os.path.join(arm_output_dir(tab.key, scale, arm, seed), LOG_NAME))
+        L.append(f"- {labels[arm]}, seed {seed}: {error} (after {rec.get('wall_s', 0) / 60:.1f} min, commit "
+                 f"{commit}, config hash {rec.get('config_hash')}; log: `{log_file}`)")
     L.append("")
     return L
 
