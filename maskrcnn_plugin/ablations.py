@@ -162,7 +162,7 @@ register_table(AblationTable(
                "the 15-minute budget), and the stride-16 single map with light heads (see Table 2c) for the C4 "
                "model. The paper's C4 model predicts 14x14 masks and FPN 28x28; here both predict 28x28. There "
                "is no ResNeXt arm. Where an R-34 arm falls below its R-18 counterpart (the paper's deeper "
-               "nets gain), a likely reason, checked only on the training loss of one seed: from random "
+               "nets gain), a likely reason, checked only on the training loss of seeds 1 and 2: from random "
                "initialisation and in 500 iterations the deeper net trains more slowly -- its training loss "
                "at the end (metrics.json in the arm's output directory) stays above R-18's, so it underfits "
                "rather than overfits, where the paper's deeper nets start from ImageNet weights. A run whose "
