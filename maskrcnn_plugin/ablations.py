@@ -666,6 +666,7 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     arm_obj = {a.name: a for a in tab.arms_for(scale)}[arm]
     config_file = arm_config_path(tab.key, scale, arm, configs_root)
     res_file = result_path(tab.key, scale, arm, seed, results_root)
+    fail_file = failure_path(tab.key, scale, arm, seed, results_root)
     out_dir = arm_output_dir(tab.key, scale, arm, seed, output_root)
     tag = f"[{scale} {tab.key}/{arm} seed {seed}]"
     run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
@@ -727,7 +728,6 @@ def run_arm(table, scale, arm, seed, *, eval_only=False, opts=(), num_gpus=1, co
     start = time.time()
     rc = runner(argv, log_path)
     wall = time.time() - start
-    fail_file = failure_path(tab.key, scale, arm, seed, results_root)
     if rc != 0:
         log(f"{tag} FAILED (exit {rc}) after {wall / 60:.1f} min; log: {_rel(log_path)}")
         if not eval_only:
