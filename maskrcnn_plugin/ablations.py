@@ -172,6 +172,26 @@ register_table(AblationTable(
     },
 ))
 
+# Not a paper table: Table 2a's stride-16 arms at twice 2a's schedule. It tests the 2a note's explanation of an
+# R-34 arm that falls below R-18 (undertrained, not overfitted) on the shared setup, without tuning one arm.
+register_table(AblationTable(
+    key="2a_2x",
+    title="Backbone depth at twice Table 2a's schedule (diagnostic, stride-16 arms)",
+    arms={"cpu": [Arm(a.name, a.label.replace(" (C4 stand-in)", ", 2x schedule"), a.paper_row)
+                  for a in TABLES["2a"].arms["cpu"] if a.name.endswith("_s16")]},
+    baseline={"cpu": TABLES["2a"].baseline["cpu"]},
+    ablated_keys={"cpu": _BACKBONE_KEYS},
+    paper_table="2a",
+    notes={
+        "cpu": "A diagnostic, not one of the paper's tables: Table 2a's two stride-16 arms (the C4 stand-ins) "
+               "with every setting of 2a except the schedule, which is twice as long (lr steps scaled with it). "
+               "The paper numbers are Table 2a's C4 rows. If from-scratch R-34 falls below R-18 in Table 2a "
+               "because 500 iterations leave it undertrained, its deficit should shrink here; the final "
+               "training loss (per-arm table below) says whether R-34 still fits the training images worse "
+               "than R-18 (underfitting) or better (overfitting).",
+    },
+))
+
 register_table(AblationTable(
     key="2b",
     title="Multinomial vs. independent masks",
@@ -566,7 +586,32 @@ def collect_metrics(cfg, output_dir):
         for task in ("bbox", "segm"):
             if task in results:
                 per_iou[task] = ap_per_iou(gt_json, pred_json, task)
-    return {"dataset": dataset, "metrics": results, "iou_thresholds": list(IOU_THRESHOLDS), "ap_per_iou": per_iou}
+    return {"dataset": dataset, "metrics": results, "iou_thresholds": list(IOU_THRESHOLDS), "ap_per_iou": per_iou,
+            "train_loss": final_train_loss(output_dir)}
+
+
+def final_train_loss(output_dir):
+    """The losses of the last logged training iteration in `output_dir`/metrics.json, or None.
+
+    detectron2 logs each loss as its median over the last 20 iterations, so this is the training loss at the
+    end of the schedule: with AP it tells an arm that underfits (loss high) from one that overfits (loss low).
+    """
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    last = None
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if isinstance(rec, dict) and "total_loss" in rec:
+                last = rec
+    if last is None:
+        return None
+    return {"iteration": last.get("iteration"),
+            **{k: v for k, v in sorted(last.items()) if k == "total_loss" or k.startswith("loss_")}}
 
 
 def _write_json_atomic(path, data):
@@ -914,6 +959,7 @@ def summarize_table(tab, scale, arm_results):
             }
         walls = [r.get("wall_s") for r in recs.values() if r.get("wall_s") is not None]
         entry["wall_min"] = mean_std([w / 60 for w in walls])[:2] if walls else (None, None)
+        entry["train_loss"] = mean_std([(r.get("train_loss") or {}).get("total_loss") for r in recs.values()])
         entry["commits"] = sorted({(r.get("commit") or "?")[:10] + ("+dirty" if r.get("dirty") else "")
                                    for r in recs.values()})
         entry["opts"] = sorted({" ".join(r.get("opts") or []) for r in recs.values()})
@@ -1044,6 +1090,7 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
             L.append(f"| {a['label']} | {a['paper_row'] or '—'} | "
                      + " | ".join(_fmt(a["metrics"][m]["paper"]) for m in tab.metrics) + " |")
         L.append("")
+        L.extend(_failures_markdown(tab, scale, summary, failures or {}))
         return L
     if summary["min_seeds"] < 3:
         L.append(f"**Fewer than 3 seeds:** some arms have fewer (the fewest: {summary['min_seeds']}); means, "
@@ -1086,9 +1133,11 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
             rel = os.path.relpath(p, os.path.dirname(os.path.abspath(report_path)))
             L.append(f"![AP vs IoU threshold, Table {tab.key}]({rel})")
             L.append("")
-    L.append("| arm | seeds | iterations | wall time per seed (min, mean ± std; train + eval) | commit(s) | "
-             "config hash | extra opts |")
-    L.append("|---|---|---|---|---|---|---|")
+    show_loss = any(a["train_loss"][2] for a in summary["arms"])
+    loss_header = "final training loss (mean ± std, n) | " if show_loss else ""
+    L.append("| arm | seeds | iterations | wall time per seed (min, mean ± std; train + eval) | "
+             f"{loss_header}commit(s) | config hash | extra opts |")
+    L.append("|---|---|---|---|" + ("---|" if show_loss else "") + "---|---|---|")
     for a in summary["arms"]:
         w = a["wall_min"]
         if w[0] is None:
@@ -1103,8 +1152,12 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
                      "config, not retrained)")
         opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
         differs = " (**differs between seeds**)" if len(a["config_hashes"]) > 1 else ""
+        loss = ""
+        if show_loss:
+            m, sd, n = a["train_loss"]
+            loss = ("— | " if n == 0 else f"{m:.3f} (1 seed) | " if n == 1 else f"{m:.3f} ± {sd:.3f} ({n}) | ")
         L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
-                 f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {', '.join(a['commits']) or '—'} | "
+                 f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {loss}{', '.join(a['commits']) or '—'} | "
                  f"{', '.join(a['config_hashes']) or '—'}{differs} | {opts} |")
     L.append("")
     L.append("Exact commands (one per arm, the lowest seed; the others differ only in SEED and OUTPUT_DIR):")
@@ -1162,8 +1215,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         "curves are recomputed from each arm's `coco_instances_results.json` with pycocotools' COCOeval precision "
         "array.",
         "",
-        "How to run: `python train_net.py --ablation <2a|2b|2c|2d|2e|4|5|all> [--scale cpu|coco] [--seeds 0 1 2] "
-        "[--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
+        "How to run: `python train_net.py --ablation <2a|2a_2x|2b|2c|2d|2e|4|5|all> [--scale cpu|coco] "
+        "[--seeds 0 1 2] [--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
         "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
         "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped (an "
         "arm whose config and seed equal another table's stored run shares that run instead of training), a "

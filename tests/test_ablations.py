@@ -247,6 +247,8 @@ EXPECTED_ARM_KEYS = {
     ("2a", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"]},
     ("2a", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
     ("2a", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a_2x", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
+    ("2a_2x", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
     ("2a", "r50_c4"): {"MODEL.RESNETS.DEPTH": 50, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads"},
     ("2a", "r101_c4"): {"MODEL.RESNETS.DEPTH": 101, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads",
                         "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
@@ -308,6 +310,7 @@ EXACT_DIFF = {
     ("4", "coco"): {"MODEL.MASK_ON", "MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS"},
     **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
     ("2a", "cpu"): _BACKBONE_CPU,
+    ("2a_2x", "cpu"): {"MODEL.RESNETS.DEPTH"},
     # C4 vs FPN also switches the RoI heads (res5 head, 64 RoIs, 300 proposals vs 2fc/4conv, 512, 1000), and
     # ResNeXt its weights, input normalisation and batch/lr.
     ("2a", "coco"): (_BACKBONE_CPU - {"MODEL.FPN.OUT_CHANNELS"}) | {
@@ -346,6 +349,26 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     else:
         assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
     assert first["MODEL.WEIGHTS"] == ""
+
+
+def test_2a_2x_arms_are_2as_stride16_arms_at_twice_the_schedule():
+    for arm in ("r18_s16", "r34_s16"):
+        ours = load_arm_cfg(arm_config_path("2a_2x", "cpu", arm))
+        theirs = load_arm_cfg(arm_config_path("2a", "cpu", arm))
+        assert _diff(ours, theirs) == {"SOLVER.MAX_ITER", "SOLVER.STEPS"}, arm
+        assert ours.SOLVER.MAX_ITER == 2 * theirs.SOLVER.MAX_ITER
+        assert tuple(ours.SOLVER.STEPS) == tuple(2 * s for s in theirs.SOLVER.STEPS)
+
+
+def test_final_train_loss_reads_the_last_logged_iteration(tmp_path):
+    assert ablations.final_train_loss(str(tmp_path)) is None  # no metrics.json (e.g. evaluated elsewhere)
+    lines = [{"iteration": 19, "total_loss": 2.0, "loss_cls": 1.0, "lr": 0.01},
+             {"iteration": 39, "total_loss": 1.2, "loss_cls": 0.5, "loss_mask": 0.7, "time": 1.0},
+             {"iteration": 39, "bbox/AP": 10.0}]  # evaluation lines carry no loss
+    text = "".join(json.dumps(x) + "\n" for x in lines) + '{"iteration": 59, "total_lo'  # cut short by a kill
+    (tmp_path / "metrics.json").write_text(text)
+    assert ablations.final_train_loss(str(tmp_path)) == {
+        "iteration": 39, "total_loss": 1.2, "loss_cls": 0.5, "loss_mask": 0.7}
 
 
 KEYPOINT_TABLES = ("4", "5")
@@ -486,6 +509,11 @@ class FakeTrainNet:
         with open(os.path.join(out, "eval_results.json"), "w") as f:
             json.dump(results, f)
         if "--eval-only" not in argv:
+            # detectron2's metrics.json: one json line per logged iteration (arm a ends at the higher loss)
+            with open(os.path.join(out, "metrics.json"), "a") as f:
+                for it, loss in ((19, 3.0), (39, (1.5 if arm == "a" else 1.0) + 0.1 * seed)):
+                    rec = {"iteration": it, "total_loss": loss, "loss_mask": loss / 2, "lr": 0.02}
+                    f.write(json.dumps(rec) + "\n")
             for name in ("model_0000000.pth", "model_final.pth"):
                 open(os.path.join(out, name), "wb").write(b"x")
             open(os.path.join(out, "last_checkpoint"), "w").write("model_final.pth")
@@ -529,6 +557,7 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
         assert key in rec
     assert rec["seed"] == 0 and set(rec["ap_per_iou"]) == {"bbox", "segm"} and len(rec["ap_per_iou"]["segm"]) == 10
     assert "--config-file" in rec["command"] and "SEED 0" in rec["command"] and "--resume" in rec["command"]
+    assert rec["train_loss"] == {"iteration": 39, "total_loss": 1.5, "loss_mask": 0.75}  # the last logged losses
     b = json.load(open(files[2]))
     assert b["ap_per_iou"]["segm"] == pytest.approx([100.0] * 10)  # arm b predicts the gt exactly
     assert b["metrics"]["segm"]["AP"] == pytest.approx(100.0)
@@ -544,6 +573,8 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
     assert re.search(r"\| \*\*RoIAlign\*\* \(RoIAlign \(avg\)\) \| mask AP \| 30\.3 \| 100\.0 ± 0\.0 \| 2 \| \+3\.4 \| "
                      r"\+\d+\.\d ± \d+\.\d \| (yes|no) \|", report), report
     assert "Fewer than 3 seeds" in report and "A fake table for the tests." in report
+    assert "| final training loss (mean ± std, n) |" in report
+    assert "| 1.550 ± 0.071 (2) |" in report and "| 1.050 ± 0.071 (2) |" in report
     assert "ablation_fake_ap_vs_iou.png" in report
     assert os.path.getsize(os.path.join(fake_table["docs_dir"], "images", "ablation_fake_ap_vs_iou.png")) > 1000
     summary = json.load(open(os.path.join(fake_table["results_root"], "summary.json")))
@@ -697,6 +728,16 @@ def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     assert [(o.arm, o.status) for o in outcomes] == [("a", "done"), ("b", "skipped")]
     assert not os.path.exists(fail_file)
     assert "- RoIPool, seed 0:" not in open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
+
+
+def test_a_table_whose_only_run_failed_still_lists_the_failure(fake_table):
+    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=FakeTrainNet(fail_on=("a", 0)),
+                                   log=lambda *a: None, **fake_table)
+    assert [o.status for o in outcomes] == ["failed"]
+    report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
+    fake_section = report[report.index("### Table fake"):]
+    assert "**No results yet.**" in fake_section
+    assert "- RoIPool, seed 0: FloatingPointError: Loss became infinite or NaN at iteration=3!" in fake_section
 
 
 def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
