@@ -993,6 +993,13 @@ def _fmt(v, signed=False, nd=1):
     return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
 
 
+def _mean_std_cell(mean, std, n, nd=1):
+    """"—" without runs, "m (1 seed)" for one (no spread to show), else "m ± std"."""
+    if mean is None:
+        return "—"
+    return f"{mean:.{nd}f} (1 seed)" if n < 2 else f"{mean:.{nd}f} ± {std:.{nd}f}"
+
+
 def plot_ap_vs_iou(summary, path):
     """AP against IoU threshold per arm (mean over seeds, ±1 std band); mask and, for 2d, box AP."""
     import matplotlib
@@ -1106,12 +1113,7 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
         first = True
         for m in tab.metrics:
             s = a["metrics"][m]
-            if s["mean"] is None:
-                ours = "—"
-            elif s["n"] < 2:
-                ours = f"{s['mean']:.1f} (1 seed)"
-            else:
-                ours = f"{s['mean']:.1f} ± {s['std']:.1f}"
+            ours = _mean_std_cell(s["mean"], s["std"], s["n"])
             if a["is_baseline"]:
                 gain, sig = "(baseline)", ""
             elif s["gain"] is None:
@@ -1142,13 +1144,7 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
              f"{loss_header}commit(s) | config hash | extra opts |")
     L.append("|---|---|---|---|" + ("---|" if show_loss else "") + "---|---|---|")
     for a in summary["arms"]:
-        w = a["wall_min"]
-        if w[0] is None:
-            wall = "—"
-        elif len(a["seeds"]) == 1:  # a single run has no spread to show
-            wall = f"{w[0]:.1f} (1 seed)"
-        else:
-            wall = f"{w[0]:.1f} ± {w[1]:.1f}"
+        wall = _mean_std_cell(*a["wall_min"], len(a["seeds"]))
         if a["shared_runs"]:
             sources = sorted({src.rsplit("/", 1)[0] for src in a["shared_runs"].values()})
             wall += (f" (seed {', '.join(map(str, a['shared_runs']))}: the runs of {', '.join(sources)}, same "
@@ -1157,8 +1153,8 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
         differs = " (**differs between seeds**)" if len(a["config_hashes"]) > 1 else ""
         loss = ""
         if show_loss:
-            m, sd, n = a["train_loss"]
-            loss = ("— | " if n == 0 else f"{m:.3f} (1 seed) | " if n == 1 else f"{m:.3f} ± {sd:.3f} ({n}) | ")
+            n = a["train_loss"][2]
+            loss = _mean_std_cell(*a["train_loss"], nd=3) + (f" ({n})" if n > 1 else "") + " | "
         L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
                  f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {loss}{', '.join(a['commits']) or '—'} | "
                  f"{', '.join(a['config_hashes']) or '—'}{differs} | {opts} |")
