@@ -50,7 +50,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances, ROIMasks
 
-from .layers.roi_ops import _ext_module, _use_cpp
+from .layers._registration import _ext_module, _use_cpp
 
 __all__ = [
     "paste_masks_in_image_fast",

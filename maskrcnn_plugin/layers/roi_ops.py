@@ -19,27 +19,20 @@ Coordinate conventions (identical to torchvision's ``roi_align``): a feature cel
 *at* continuous point ``(y, x)``; bilinear interpolation at a point outside ``[-1, H] x [-1, W]`` yields 0;
 points in ``[-1, 0]`` are clamped to 0 and points beyond ``H - 1`` (``W - 1``) to the last row (column).
 
-Two execution paths compute the same numbers: a compiled C++ CPU extension (``_ext.py``; forward
-parallel over RoIs, backward parallel over channels) and the vectorised pure-PyTorch path in this file
-(used for CUDA tensors, other dtypes, or when the extension cannot be built). The environment variable
-``MASKRCNN_PLUGIN_ROI_BACKEND`` = ``auto`` (default) | ``python`` | ``cpp`` chooses between them for CPU
-float32/float64 tensors; ``cpp`` raises if the extension is unavailable.
+This module holds what the operators share: argument handling, the conversion of boxes to rois, and the
+per-RoI geometry (RoIPool's integer bins, the sample grids of RoIWarp / RoIAlign) computed in the input
+dtype bit for bit like torchvision. The operators themselves are custom ops of PyTorch's dispatcher
+(``torch.ops.maskrcnn_plugin.*``, registered in ``_registration.py``) with one public function + module per
+operator in ``roi_pool.py``, ``roi_warp.py`` and ``roi_align.py``.
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import List, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
+from torch import Tensor, nn
 
 __all__ = [
-    "roi_pool",
-    "roi_warp",
-    "roi_align",
     "roi_pool_bins",
     "roi_warp_sample_points",
     "roi_align_sample_points",
@@ -47,10 +40,6 @@ __all__ = [
 ]
 
 BoxesType = Union[Tensor, Sequence[Tensor]]
-
-_FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: the initial value of RoIPool's running max (torchvision)
-_ELEMENT_BUDGET = 1 << 23  # elements of the largest gathered intermediate of the pure-PyTorch path
-_BACKEND_ENV = "MASKRCNN_PLUGIN_ROI_BACKEND"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -96,14 +85,28 @@ def boxes_to_rois(boxes: BoxesType, input: Tensor) -> Tensor:
     else:
         raise ValueError("boxes must be a Tensor[K, 5] or a list of Tensor[L, 4]")
     rois = rois.detach()
+    if not _is_tracing(rois):
+        _check_roi_values(rois, input.size(0))
+    return rois.contiguous()
+
+
+def _is_tracing(t: Tensor) -> bool:
+    """True while torch.compile / torch.export / jit tracing records the graph (data is not available)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def _check_roi_values(rois: Tensor, n: int) -> None:
+    """The checks that read the boxes' values (eager mode only: they synchronise and cannot be traced)."""
     if rois.numel() and not bool(torch.isfinite(rois).all()):
         raise ValueError("boxes contain NaN or infinite values; RoI feature extraction needs finite coordinates")
     if rois.numel():
         b = rois[:, 0]
-        n = input.size(0)
         if bool((b < 0).any()) or bool((b.trunc() >= n).any()):
             raise ValueError(f"box batch indices must lie in [0, {n}) for an input batch of {n} images")
-    return rois.contiguous()
 
 
 def _check_input(input: Tensor) -> None:
@@ -111,6 +114,22 @@ def _check_input(input: Tensor) -> None:
         raise ValueError("input must be a Tensor[N, C, H, W]")
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating point tensor, got {input.dtype}")
+
+
+def _check_feature_map(input: Tensor, num_rois) -> None:
+    """An empty feature map has no cell to read: an error rather than silent zeros (shape-only, traceable)."""
+    if (input.size(2) == 0 or input.size(3) == 0) and num_rois > 0:
+        raise ValueError(
+            f"cannot extract {num_rois} RoIs from an empty feature map of shape {tuple(input.shape)} (H or W is 0)"
+        )
+
+
+def _prepare(input: Tensor, boxes: BoxesType) -> Tensor:
+    """Checked ``Tensor[K, 5]`` rois for the public functions."""
+    _check_input(input)
+    rois = boxes_to_rois(boxes, input)
+    _check_feature_map(input, rois.size(0))
+    return rois
 
 
 def _c_round(x: Tensor) -> Tensor:
@@ -128,8 +147,34 @@ def _scale(rois: Tensor, spatial_scale: float) -> Tensor:
     return rois[:, 1:5] * torch.tensor(spatial_scale, dtype=rois.dtype, device=rois.device)
 
 
+class _SamplingRoIModule(nn.Module):
+    """Shared module form of the bilinear-sampling operators (``_op`` is roi_warp or roi_align)."""
+
+    _op = None
+    _default_aligned = False
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int = -1, aggregation: str = "avg", aligned=None):
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aggregation = _check_aggregation(aggregation)
+        self.aligned = self._default_aligned if aligned is None else aligned
+
+    def forward(self, input, rois):
+        return type(self)._op(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aggregation, self.aligned
+        )
+
+    def __repr__(self):
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aggregation={self.aggregation!r}, aligned={self.aligned})"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------
-# per-RoI geometry (shared by both backends, so both compute the very same bins / sample positions)
+# per-RoI geometry (shared by every kernel, so all compute the very same bins / sample positions)
 # ----------------------------------------------------------------------------------------------------------
 def _quantized_box(rois: Tensor, spatial_scale: float):
     """RoIPool's snap: start = round(x1 * s), end = round(x2 * s) (both inclusive cells), size >= 1."""
@@ -202,6 +247,17 @@ def _warp_params(rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_
     return sy, sx, hf / ph, wf / pw, _grid_size(hf, ph, sampling_ratio), _grid_size(wf, pw, sampling_ratio)
 
 
+def _snapped_rois(rois: Tensor, spatial_scale: float) -> Tensor:
+    """RoIWarp's sampled area as rois at scale 1: ``(batch, x0, y0, x0 + w, y0 + h)`` of the snapped cells.
+
+    RoIWarp (avg) equals RoIAlign (avg) of these boxes with spatial_scale 1, which is how CUDA tensors
+    reuse torchvision's kernel for it.
+    """
+    x1, y1, w, h = _quantized_box(rois, spatial_scale)
+    corners = torch.stack([x1, y1, x1 + w, y1 + h], 1).to(rois.dtype)
+    return torch.cat([rois[:, :1], corners], 1).contiguous()
+
+
 def _sample_coords(start: Tensor, bin_size: Tensor, grid: int, pooled: int) -> Tensor:
     """Sample coordinates [k, pooled, grid]: start + p * bin + (i + 0.5) * bin / grid (torchvision's order)."""
     dt = start.dtype
@@ -225,327 +281,6 @@ def _bilinear_axis(coord: Tensor, size: int):
     hw = 1.0 - lw
     zero = torch.zeros_like(c)
     return low, high, torch.where(valid, hw, zero), torch.where(valid, lw, zero)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# pure-PyTorch vectorised path (differentiable through autograd)
-# ----------------------------------------------------------------------------------------------------------
-def _connect(out: Tensor, input: Tensor) -> Tensor:
-    """Make `out` part of the autograd graph of `input` even when no element depends on it (zero grad)."""
-    if input.requires_grad and not out.requires_grad:
-        out = out + input.reshape(-1)[:0].sum()
-    return out
-
-
-def _chunks(idx: Tensor, per_item: int):
-    step = max(1, _ELEMENT_BUDGET // max(per_item, 1))
-    for s in range(0, idx.numel(), step):
-        yield idx[s : s + step]
-
-
-def _assemble(input: Tensor, k: int, ph: int, pw: int, parts) -> Tensor:
-    c = input.size(1)
-    if not parts:
-        return _connect(input.new_zeros((k, c, ph, pw)), input)
-    idx = torch.cat([p[0] for p in parts])
-    vals = torch.cat([p[1] for p in parts])
-    out = input.new_zeros((k, c, ph, pw)).index_put((idx,), vals)
-    return _connect(out, input)
-
-
-def _roi_pool_python(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float) -> Tensor:
-    n, c, height, width = input.shape
-    k = rois.size(0)
-    if k == 0 or height == 0 or width == 0:
-        return _connect(input.new_zeros((k, c, ph, pw)), input)
-    hs, he, ws, we = _pool_bin_edges(rois, spatial_scale, ph, pw, height, width)
-    batch = rois[:, 0].to(torch.int64)
-    mh = (he - hs).clamp(min=0).amax(1)
-    mw = (we - ws).clamp(min=0).amax(1)
-    feat = input.permute(0, 2, 3, 1).reshape(n * height * width, c)
-    parts = []
-    keys = torch.stack([mh, mw], 1)
-    for key in torch.unique(keys, dim=0).tolist():
-        gh, gw = key
-        if gh == 0 or gw == 0:
-            continue  # every bin of these RoIs is empty -> 0
-        sel = torch.nonzero((keys[:, 0] == gh) & (keys[:, 1] == gw)).flatten()
-        for ids in _chunks(sel, ph * gh * pw * gw * (c + 4)):
-            kk = ids.numel()
-            rh = hs[ids][:, :, None] + torch.arange(gh, device=input.device)  # [kk, ph, gh]
-            rw = ws[ids][:, :, None] + torch.arange(gw, device=input.device)  # [kk, pw, gw]
-            mask = (rh < he[ids][:, :, None])[:, :, :, None, None] & (rw < we[ids][:, :, None])[:, None, None]
-            flat = (
-                batch[ids][:, None, None, None, None] * (height * width)
-                + rh.clamp(0, height - 1)[:, :, :, None, None] * width
-                + rw.clamp(0, width - 1)[:, None, None]
-            )
-            v = feat[flat.reshape(-1)].reshape(kk, ph, gh, pw, gw, c)
-            v = v.masked_fill(~mask[..., None], float("-inf"))
-            v = v.permute(0, 5, 1, 3, 2, 4).reshape(kk, c, ph, pw, gh * gw)
-            m = v.max(dim=-1).values
-            # torchvision starts the running max at -FLT_MAX and pools empty bins to 0
-            m = m.clamp(min=-_FLT_MAX)
-            empty = ~mask.any(4).any(2)  # [kk, ph, pw]
-            m = torch.where(empty[:, None], torch.zeros_like(m), m)
-            parts.append((ids, m))
-    return _assemble(input, k, ph, pw, parts)
-
-
-def _sample_python(input: Tensor, batch: Tensor, params, ph: int, pw: int, aggregation: str) -> Tensor:
-    """Bilinear-sampling RoI extraction (RoIAlign / RoIWarp) given the per-RoI geometry."""
-    n, c, height, width = input.shape
-    k = batch.numel()
-    if k == 0 or height == 0 or width == 0:
-        return _connect(input.new_zeros((k, c, ph, pw)), input)
-    sy, sx, bh, bw, gh_all, gw_all = params
-    feat = input.permute(0, 2, 3, 1).reshape(n * height * width, c)
-    keys = torch.stack([gh_all, gw_all], 1)
-    parts = []
-    for key in torch.unique(keys, dim=0).tolist():
-        gh, gw = key
-        if gh <= 0 or gw <= 0:
-            continue  # no sample in any bin -> 0
-        sel = torch.nonzero((keys[:, 0] == gh) & (keys[:, 1] == gw)).flatten()
-        for ids in _chunks(sel, ph * gh * pw * gw * (3 * c + 16)):
-            kk = ids.numel()
-            ys = _sample_coords(sy[ids], bh[ids], gh, ph)  # [kk, ph, gh]
-            xs = _sample_coords(sx[ids], bw[ids], gw, pw)  # [kk, pw, gw]
-            yl, yh, wyl, wyh = (t[:, :, :, None, None] for t in _bilinear_axis(ys, height))
-            xl, xh, wxl, wxh = (t[:, None, None] for t in _bilinear_axis(xs, width))
-            base = (batch[ids] * (height * width))[:, None, None, None, None]
-            v = None
-            for yi, wy in ((yl, wyl), (yh, wyh)):
-                for xi, wx in ((xl, wxl), (xh, wxh)):
-                    w = (wy * wx).reshape(-1, 1)
-                    idx = (base + yi * width + xi).reshape(-1)
-                    term = w * feat[idx]
-                    v = term if v is None else v + term
-            v = v.reshape(kk, ph, gh, pw, gw, c).permute(0, 5, 1, 3, 2, 4).reshape(kk, c, ph, pw, gh * gw)
-            if aggregation == "avg":
-                out = v.sum(-1) / float(max(gh * gw, 1))
-            else:
-                out = v.max(-1).values
-            parts.append((ids, out))
-    return _assemble(input, k, ph, pw, parts)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# compiled path
-# ----------------------------------------------------------------------------------------------------------
-class _RoIPoolFunction(Function):
-    @staticmethod
-    def forward(ctx, input, batch, hs, he, ws, we):
-        ext = _ext_module()
-        out, argmax = ext.pool_forward(input, batch, hs, he, ws, we)
-        ctx.save_for_backward(batch, argmax)
-        ctx.input_shape = input.shape
-        ctx.mark_non_differentiable(argmax)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        batch, argmax = ctx.saved_tensors
-        n, c, h, w = ctx.input_shape
-        gi = _ext_module().pool_backward(grad.contiguous(), batch, argmax, n, c, h, w)
-        return gi, None, None, None, None, None
-
-
-class _SampleFunction(Function):
-    @staticmethod
-    def forward(ctx, input, batch, sy, sx, bh, bw, gh, gw, ph, pw, is_max):
-        ext = _ext_module()
-        out, argmax = ext.sample_forward(input, batch, sy, sx, bh, bw, gh, gw, ph, pw, is_max)
-        ctx.save_for_backward(batch, sy, sx, bh, bw, gh, gw, argmax)
-        ctx.input_shape = input.shape
-        ctx.meta = (ph, pw, is_max)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        batch, sy, sx, bh, bw, gh, gw, argmax = ctx.saved_tensors
-        n, c, h, w = ctx.input_shape
-        ph, pw, is_max = ctx.meta
-        gi = _ext_module().sample_backward(
-            grad.contiguous(), batch, sy, sx, bh, bw, gh, gw, argmax, n, c, h, w, ph, pw, is_max
-        )
-        return (gi,) + (None,) * 10
-
-
-def _ext_module():
-    from . import _ext
-
-    return _ext.load_extension()
-
-
-def _use_cpp(input: Tensor) -> bool:
-    backend = os.environ.get(_BACKEND_ENV, "auto").strip().lower() or "auto"
-    if backend not in ("auto", "python", "cpp"):
-        raise ValueError(f"{_BACKEND_ENV} must be 'auto', 'python' or 'cpp', got {backend!r}")
-    if backend == "python":
-        return False
-    eligible = input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
-    if backend == "cpp":
-        if not eligible:
-            return False  # CUDA tensors / other dtypes always take the pure-PyTorch path
-        from . import _ext
-
-        if _ext.load_extension(strict=True) is None:  # pragma: no cover - strict raises
-            raise RuntimeError("the compiled RoI extension is unavailable")
-        return True
-    if not eligible:
-        return False
-    from . import _ext
-
-    return _ext.load_extension() is not None
-
-
-def _prepare(input: Tensor, boxes: BoxesType):
-    _check_input(input)
-    rois = boxes_to_rois(boxes, input)
-    return rois, rois[:, 0].to(torch.int64).contiguous()
-
-
-def _run_sampler(input, rois, batch, params, ph, pw, aggregation):
-    if _use_cpp(input) and input.size(2) > 0 and input.size(3) > 0:
-        sy, sx, bh, bw, gh, gw = (t.contiguous() for t in params)
-        return _SampleFunction.apply(input.contiguous(), batch, sy, sx, bh, bw, gh, gw, ph, pw, aggregation == "max")
-    return _sample_python(input, batch, params, ph, pw, aggregation)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# public functional API
-# ----------------------------------------------------------------------------------------------------------
-def roi_pool(input: Tensor, boxes: BoxesType, output_size, spatial_scale: float = 1.0) -> Tensor:
-    """RoIPool (Fast R-CNN), the operator RoIAlign replaces; numerically identical to
-    ``torchvision.ops.roi_pool``.
-
-    The box is first snapped to the feature grid: its corners become the cells
-    ``round(x1 * spatial_scale) .. round(x2 * spatial_scale)`` (both ends *inclusive*, halves rounded away
-    from zero, at least one cell), so a box is widened or narrowed by up to a cell. The snapped box of
-    ``w x h`` whole cells is cut into ``output_size`` bins whose edges are snapped again: bin ``i`` covers
-    cells ``floor(i * w / pw) .. ceil((i + 1) * w / pw) - 1`` (neighbouring bins may share a cell), clipped
-    to the feature map. Each output is the maximum over the cells of its bin (0 for a bin that lies
-    entirely outside the map). Both snaps cause the misalignment between RoI and features that the paper
-    measures (Table 2c); the gradient flows to the arg-max cell only.
-
-    Args:
-        input (Tensor[N, C, H, W]): feature map of a batch of N images.
-        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): boxes ``(x1, y1, x2, y2)`` in image coordinates. As a
-            ``Tensor[K, 5]`` the first column is the index of the image in the batch; as a list, the i-th
-            tensor holds the boxes of image i. Coordinates must be finite (``ValueError`` otherwise).
-        output_size (int or Tuple[int, int]): ``(ph, pw)``, the number of bins along y and x.
-        spatial_scale (float): scale from image to feature coordinates (1 / stride, e.g. 1/32).
-
-    Returns:
-        Tensor[K, C, ph, pw]: the pooled features, in the order of the boxes.
-    """
-    ph, pw = _pair(output_size)
-    rois, batch = _prepare(input, boxes)
-    n, c, height, width = input.shape
-    if rois.size(0) and height > 0 and width > 0 and _use_cpp(input):
-        hs, he, ws, we = _pool_bin_edges(rois, spatial_scale, ph, pw, height, width)
-        return _RoIPoolFunction.apply(input.contiguous(), batch, hs, he, ws, we)
-    return _roi_pool_python(input, rois, ph, pw, spatial_scale)
-
-
-def roi_warp(
-    input: Tensor,
-    boxes: BoxesType,
-    output_size,
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aggregation: str = "avg",
-    aligned: bool = True,
-) -> Tensor:
-    """RoIWarp (MNC, Dai et al.): the box is snapped to whole cells like RoIPool, then sampled bilinearly.
-
-    Snapping is RoIPool's: cells ``x0 = round(x1 * s) .. round(x2 * s)`` inclusive, i.e. ``w = max(round(x2
-    * s) - x0 + 1, 1)`` whole cells (same along y). The continuous box that is then sampled is the area of
-    exactly those cells, ``[x0, x0 + w) x [y0, y0 + h)`` in a frame where cell ``i`` occupies ``[i, i + 1)``
-    (its centre at ``i + 0.5``); this area is cut into ``output_size`` equal, *unsnapped* bins sampled like
-    RoIAlign (``sampling_ratio`` points per bin side, bilinear interpolation, max or average). With the
-    default ``aligned=True`` the bilinear reads use the cell-centre convention, i.e. the sample at area
-    point ``p`` reads feature coordinate ``p - 0.5``; a box covering one cell with a 1 x 1 output
-    therefore reads exactly that cell, and the samples lie symmetrically inside the cells RoIPool would
-    max over. So RoIWarp differs from RoIPool only by the bins (bilinear, no bin-edge snapping) and from
-    RoIAlign only by the box snapping, the decomposition of the paper's Table 2c. ``aligned=False`` reads
-    the same points without the half-cell shift (the legacy pixel model of ``torchvision.ops.roi_align``
-    with ``aligned=False`` applied to the snapped box), which is biased by half a cell towards the
-    bottom-right.
-
-    Args:
-        input (Tensor[N, C, H, W]): feature map of a batch of N images.
-        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): boxes ``(x1, y1, x2, y2)`` in image coordinates, with the
-            batch index as first column (``Tensor[K, 5]``) or one ``Tensor[L, 4]`` per image. Coordinates
-            must be finite (``ValueError`` otherwise).
-        output_size (int or Tuple[int, int]): ``(ph, pw)``, the number of bins along y and x.
-        spatial_scale (float): scale from image to feature coordinates (1 / stride).
-        sampling_ratio (int): bilinear samples per bin side (2 gives the paper's 4 points per bin); ``<= 0``
-            uses ``ceil(w / pw)`` (``ceil(h / ph)``) samples, adaptive to the snapped box size.
-        aggregation (str): ``"avg"`` (mean of the samples) or ``"max"`` (gradient to the arg-max sample's
-            four bilinear neighbours).
-        aligned (bool): see above; default True (sample the snapped cells' own area).
-
-    Returns:
-        Tensor[K, C, ph, pw]
-    """
-    ph, pw = _pair(output_size)
-    _check_aggregation(aggregation)
-    rois, batch = _prepare(input, boxes)
-    params = _warp_params(rois, spatial_scale, ph, pw, int(sampling_ratio), bool(aligned))
-    return _run_sampler(input, rois, batch, params, ph, pw, aggregation)
-
-
-def roi_align(
-    input: Tensor,
-    boxes: BoxesType,
-    output_size,
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aggregation: str = "avg",
-    aligned: bool = False,
-) -> Tensor:
-    """RoIAlign (Mask R-CNN, Section 3): bilinear sampling of the exact box, no quantization anywhere.
-
-    The box ``(x1, y1, x2, y2) * spatial_scale`` (shifted by -0.5 when ``aligned``) is kept continuous and
-    cut into ``ph x pw`` equal bins of ``(y2 - y1) / ph x (x2 - x1) / pw`` feature cells. Each bin is
-    sampled at ``sampling_ratio x sampling_ratio`` regularly spaced points (the centres of an equal
-    sub-division of the bin); each point's value is bilinearly interpolated from its four nearest cells,
-    and the points are combined by their average or maximum. With ``aggregation="avg"`` the result equals
-    ``torchvision.ops.roi_align`` (and detectron2's ROIAlign) for the same arguments.
-
-    Bilinear conventions (as torchvision): cell ``(y, x)`` holds the value at point ``(y, x)``; a point
-    outside ``[-1, H] x [-1, W]`` reads 0, points between -1 and 0 are clamped to 0 and points past the last
-    cell read the last cell. With ``aligned=False`` (the paper / Detectron's original ROIAlign) a box is
-    widened to at least 1 x 1 cells; ``aligned=True`` (detectron2's ROIAlignV2) first shifts the box by
-    half a cell so that a cell's area ``[i, i + 1)`` has its value at its centre, and keeps degenerate boxes
-    as they are.
-
-    Args:
-        input (Tensor[N, C, H, W]): feature map of a batch of N images.
-        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): boxes ``(x1, y1, x2, y2)`` in image coordinates, with the
-            batch index as first column (``Tensor[K, 5]``) or one ``Tensor[L, 4]`` per image. Coordinates
-            must be finite (``ValueError`` otherwise).
-        output_size (int or Tuple[int, int]): ``(ph, pw)``, the number of bins along y and x.
-        spatial_scale (float): scale from image to feature coordinates (1 / stride).
-        sampling_ratio (int): bilinear samples per bin side; the paper uses 2 (four points per bin). ``<= 0``
-            (torchvision's default -1, detectron2's 0) is adaptive: ``ceil(roi_height / ph)`` x
-            ``ceil(roi_width / pw)`` samples per bin.
-        aggregation (str): ``"avg"`` (the usual RoIAlign) or ``"max"`` (the paper notes that either works;
-            the gradient then goes to the arg-max sample's four bilinear neighbours).
-        aligned (bool): apply the half-pixel shift (detectron2's ROIAlignV2). Default False as torchvision.
-
-    Returns:
-        Tensor[K, C, ph, pw]
-    """
-    ph, pw = _pair(output_size)
-    _check_aggregation(aggregation)
-    rois, batch = _prepare(input, boxes)
-    params = _align_params(rois, spatial_scale, ph, pw, int(sampling_ratio), bool(aligned))
-    return _run_sampler(input, rois, batch, params, ph, pw, aggregation)
 
 
 # ----------------------------------------------------------------------------------------------------------
