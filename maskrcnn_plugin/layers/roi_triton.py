@@ -111,7 +111,7 @@ def _sample_forward_kernel(
         acc = tl.full([BLOCK_C, BLOCK_P], float("-inf"), ft)
         arg = tl.full([BLOCK_C, BLOCK_P], -1, tl.int32)
     else:
-        acc = tl.zeros([BLOCK_C, BLOCK_P], ft)
+        acc = tl.full([BLOCK_C, BLOCK_P], 0.0, ft)
     for iy in range(0, rows):
         y = _sample_coord(start_y, p_h, iy, bin_h, grid_h, IS_F64)
         y_lo, y_hi, wy_lo, wy_hi, y_ok = _bilinear_tap(y, H)
@@ -216,8 +216,9 @@ def _sample_backward_max_kernel(
     start_x = tl.load(sx_ptr + k)
     bin_h = tl.load(bh_ptr + k)
     bin_w = tl.load(bw_ptr + k)
-    grid_h = tl.load(gh_ptr + k)
-    grid_w = tl.maximum(tl.load(gw_ptr + k), 1)  # a RoI without samples has arg-max -1 everywhere
+    # a RoI without samples has arg-max -1 everywhere; 1 keeps its (masked) arithmetic finite
+    grid_h = tl.maximum(tl.load(gh_ptr + k), 1)
+    grid_w = tl.maximum(tl.load(gw_ptr + k), 1)
 
     mask_cp = c_ok[:, None] & p_ok[None, :]
     out_off = (k * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]
@@ -240,7 +241,7 @@ def _sample_backward_max_kernel(
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def _pool_forward_kernel(
-    x_ptr, batch_ptr, hs_ptr, he_ptr, ws_ptr, we_ptr, out_ptr, argmax_ptr,
+    x_ptr, batch_ptr, hs_ptr, he_ptr, ws_ptr, we_ptr, rows_ptr, cols_ptr, out_ptr, argmax_ptr,
     C, H, W, PH, PW, INIT_MAX,
     IS_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -256,8 +257,8 @@ def _pool_forward_kernel(
     w0 = tl.load(ws_ptr + k * PW + p_w, mask=p_ok, other=0).to(tl.int32)
     w1 = tl.load(we_ptr + k * PW + p_w, mask=p_ok, other=0).to(tl.int32)
     empty = (h1 <= h0) | (w1 <= w0)  # such a bin outputs 0 (arg-max -1)
-    rows = tl.max(tl.where(empty, 0, h1 - h0), axis=0)
-    cols = tl.max(tl.where(empty, 0, w1 - w0), axis=0)
+    rows = tl.load(rows_ptr + k).to(tl.int32)  # the RoI's largest bin extent along y, x
+    cols = tl.load(cols_ptr + k).to(tl.int32)
 
     plane = x_ptr + tl.load(batch_ptr + k) * C * H * W
     chan_off = chans.to(tl.int64)[:, None] * H * W
@@ -319,6 +320,15 @@ def _grid(k: int, channels: int, bins: int, block_c: int, block_p: int):
     return (k, triton.cdiv(channels, block_c), triton.cdiv(bins, block_p))
 
 
+def _result_buffer(out: Tensor) -> Tensor:
+    """Where a forward kernel writes: `out` itself, or a float32 buffer for float16 / bfloat16 outputs,
+    rounded by torch afterwards (round-to-nearest-even, as on the GPU; Triton's interpreter truncates
+    float32 to bfloat16)."""
+    if out.dtype in (torch.float32, torch.float64):
+        return out
+    return torch.empty(out.shape, dtype=torch.float32, device=out.device)
+
+
 def _geometry(dtype: torch.dtype, batch, sy, sx, bh, bw, gh, gw):
     """The per-RoI sampling geometry as the kernels read it: floats in the compute dtype, integers int64."""
     ft = _compute_dtype(dtype)
@@ -344,14 +354,15 @@ def sample_forward(
         return out, argmax
     batch, (sy, sx, bh, bw), gh, gw = _geometry(input.dtype, batch, sy, sx, bh, bw, gh, gw)
     argmax_arg = argmax if is_max else torch.empty(1, dtype=torch.int32, device=input.device)
+    result = _result_buffer(out)
     block_c, block_p = _tile(ph * pw, c)
     _sample_forward_kernel[_grid(k, c, ph * pw, block_c, block_p)](
-        input.contiguous(), batch, sy, sx, bh, bw, gh, gw, out, argmax_arg,
+        input.contiguous(), batch, sy, sx, bh, bw, gh, gw, result, argmax_arg,
         c, h, w, ph, pw,
         IS_MAX=bool(is_max), IS_F64=sy.dtype == torch.float64, BLOCK_C=block_c, BLOCK_P=block_p,
         **_LAUNCH_OPTIONS,
     )
-    return out, argmax
+    return result.to(input.dtype), argmax
 
 
 def sample_backward(
@@ -396,13 +407,16 @@ def pool_forward(
     if k == 0 or c == 0:
         return out, argmax
     hs, he, ws, we, batch = (t.to(torch.int64).contiguous() for t in (hs, he, ws, we, batch))
+    rows = (he - hs).clamp(min=0).amax(1)
+    cols = (we - ws).clamp(min=0).amax(1)
+    result = _result_buffer(out)
     block_c, block_p = _tile(ph * pw, c)
     _pool_forward_kernel[_grid(k, c, ph * pw, block_c, block_p)](
-        input.contiguous(), batch, hs, he, ws, we, out, argmax,
+        input.contiguous(), batch, hs, he, ws, we, rows, cols, result, argmax,
         c, h, w, ph, pw, -_FLT_MAX,
         IS_F64=input.dtype == torch.float64, BLOCK_C=block_c, BLOCK_P=block_p, **_LAUNCH_OPTIONS,
     )
-    return out, argmax
+    return result.to(input.dtype), argmax
 
 
 def pool_backward(grad: Tensor, batch: Tensor, argmax: Tensor, N: int, C: int, H: int, W: int) -> Tensor:
