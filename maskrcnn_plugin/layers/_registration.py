@@ -77,6 +77,11 @@ def _kernels(device: torch.device):
     """The kernel module that computes the ops for tensors on `device` (see the module docstring)."""
     backend = _backend()
     if backend == "triton" or (device.type == "cuda" and backend != "python"):
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                f"{_BACKEND_ENV}=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                "before maskrcnn_plugin.layers.roi_triton is imported"
+            )
         from . import roi_triton
 
         return roi_triton
