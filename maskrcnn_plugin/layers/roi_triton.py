@@ -7,20 +7,23 @@ size and sample grid for the samplers; integer bin ranges for RoIPool) and retur
 the same conventions (sample index ``iy * grid_w + ix`` within the bin, resp. cell index ``h * W + w`` within
 the feature plane; -1 where nothing was selected).
 
-Numerics. float32 / float64 inputs are computed in their own dtype with the C++ kernels' operation order;
-the kernels are launched with floating-point contraction off and use IEEE-rounded division, so the forward
-results (and every arg-max) are bit-identical to the CPU kernels. float16 / bfloat16 inputs are loaded,
-computed in float32 and stored in their dtype. Under ``TRITON_INTERPRET=1`` (set before this module is
-imported) the kernels run on CPU tensors, which is how the tests check them without a GPU.
+Numerics. float32 / float64 inputs are computed in their own dtype in the C++ kernels' operation order,
+with floating-point contraction off and IEEE-rounded division (Triton's float32 ``/`` is approximate), so
+the forward results and every arg-max equal the CPU kernels' bit for bit (checked under the interpreter,
+and the sm_90 PTX is checked for FMA-free, round-to-nearest arithmetic). float16 / bfloat16 inputs are
+loaded and computed in float32; the result is rounded to their dtype by torch (round-to-nearest-even).
 
-Determinism. Every forward is deterministic (each output element is written by one program, in a fixed
-scan order). Every backward (``sample_backward`` with avg or max, ``pool_backward``) scatters into the
-input gradient with ``tl.atomic_add`` into a float32 buffer (float64 for float64 gradients): the values
-added are deterministic, but on a GPU the order in which they are summed into a shared cell is not, so the
-input gradient is nondeterministic within float32 rounding (a cell receiving contributions from several
-bins or RoIs may differ in its last bits from run to run and from the sequential CPU kernel).
+Determinism. Every forward is deterministic: each output element is written by one program, which scans
+the samples (cells) of its bin in a fixed order. Every backward (``sample_backward`` avg and max,
+``pool_backward``) scatters with ``tl.atomic_add`` into a float32 buffer (float64 for float64 gradients),
+cast to the gradient's dtype at the end. The values added are deterministic, but on a GPU the order in
+which several of them are summed into one input cell (bins or RoIs sharing a cell) is not: the input
+gradient is nondeterministic within float32 (float64) rounding, from run to run and w.r.t. the CPU kernel.
 
-Importable on its own (only ``torch`` and ``triton``), so scripts can load it by file path.
+Interpreter. With ``TRITON_INTERPRET=1`` set while this module is imported, the kernels run on CPU tensors
+(how the tests check them without a GPU). The kernels call only Triton builtins and this module's own
+``@triton.jit`` helpers, so such a copy works even in a process that imported triton in compiled mode.
+The module needs only ``torch`` and ``triton``, so scripts can load it by file path.
 """
 from __future__ import annotations
 
