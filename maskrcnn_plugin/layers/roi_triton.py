@@ -243,8 +243,14 @@ def _sample_backward_max_kernel(
 # RoIPool: max over integer cell ranges
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
+def _larger(a, b):
+    # tl.max is itself a @triton.jit function, decorated in the mode triton was first imported in
+    return tl.maximum(a, b)
+
+
+@triton.jit
 def _pool_forward_kernel(
-    x_ptr, batch_ptr, hs_ptr, he_ptr, ws_ptr, we_ptr, rows_ptr, cols_ptr, out_ptr, argmax_ptr,
+    x_ptr, batch_ptr, hs_ptr, he_ptr, ws_ptr, we_ptr, out_ptr, argmax_ptr,
     C, H, W, PH, PW, INIT_MAX,
     IS_F64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
@@ -260,8 +266,8 @@ def _pool_forward_kernel(
     w0 = tl.load(ws_ptr + k * PW + p_w, mask=p_ok, other=0).to(tl.int32)
     w1 = tl.load(we_ptr + k * PW + p_w, mask=p_ok, other=0).to(tl.int32)
     empty = (h1 <= h0) | (w1 <= w0)  # such a bin outputs 0 (arg-max -1)
-    rows = tl.load(rows_ptr + k).to(tl.int32)  # the RoI's largest bin extent along y, x
-    cols = tl.load(cols_ptr + k).to(tl.int32)
+    rows = tl.reduce(tl.where(empty, 0, h1 - h0), 0, _larger)  # the largest bin extent along y, x
+    cols = tl.reduce(tl.where(empty, 0, w1 - w0), 0, _larger)
 
     plane = x_ptr + tl.load(batch_ptr + k) * C * H * W
     chan_off = chans.to(tl.int64)[:, None] * H * W
@@ -410,12 +416,10 @@ def pool_forward(
     if k == 0 or c == 0:
         return out, argmax
     hs, he, ws, we, batch = (t.to(torch.int64).contiguous() for t in (hs, he, ws, we, batch))
-    rows = (he - hs).clamp(min=0).amax(1)
-    cols = (we - ws).clamp(min=0).amax(1)
     result = _result_buffer(out)
     block_c, block_p = _tile(ph * pw, c)
     _pool_forward_kernel[_grid(k, c, ph * pw, block_c, block_p)](
-        input.contiguous(), batch, hs, he, ws, we, rows, cols, result, argmax,
+        input.contiguous(), batch, hs, he, ws, we, result, argmax,
         c, h, w, ph, pw, -_FLT_MAX,
         IS_F64=input.dtype == torch.float64, BLOCK_C=block_c, BLOCK_P=block_p, **_LAUNCH_OPTIONS,
     )
