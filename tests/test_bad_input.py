@@ -10,6 +10,7 @@ runs are a few iterations of detectron2's SimpleTrainer (what DefaultTrainer run
 generated dataset at 128 px; SimpleTrainer raises FloatingPointError on a non-finite loss.
 """
 import copy
+import itertools
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetFromList, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
@@ -30,7 +32,8 @@ from test_train_net import DEFAULT_CONFIG, tiny_opts
 import maskrcnn_plugin
 from maskrcnn_plugin.config import check_maskrcnn_plugin_config
 from maskrcnn_plugin.data import load_coco_json_checked, register_coco_instances_checked
-from maskrcnn_plugin.data.mapper import CheckedDatasetMapper, _RetryingMapDataset, build_checked_train_loader
+from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
+from maskrcnn_plugin.data.train_loader import ResumableTrainLoader, build_checked_train_loader
 from maskrcnn_plugin.data.shapes import generate_shapes
 from maskrcnn_plugin.layers import RoIAlign, RoIPool, RoIWarp, roi_align, roi_pool, roi_warp
 
@@ -173,13 +176,20 @@ def test_training_skips_unreadable_images(tmp_path, shapes, register, caplog):
     _train(cfg)
 
 
-def test_retrying_map_dataset():
-    # detectron2's MapDataset retries with random.sample(set), a TypeError on Python >= 3.11;
-    # build_checked_train_loader uses this subclass instead.
-    ds = _RetryingMapDataset(DatasetFromList([0, 1, 2], copy=False), lambda x: None if x == 0 else x)
-    assert all(ds[0] in (1, 2) for _ in range(5))
+def _stream(mapper, n=3, batch_size=2):
+    dicts = [{"i": i, "width": 4, "height": 4} for i in range(n)]
+    return ResumableTrainLoader(dicts, mapper, lambda seed: TrainingSampler(n, seed=seed), batch_size, seed=3)
+
+
+def test_skipped_images_are_replaced_deterministically():
+    def mapper(d):  # image 0 is unreadable
+        return None if d["i"] == 0 else d["i"]
+
+    first = list(itertools.islice(iter(_stream(mapper)), 6))
+    assert all(x in (1, 2) for batch in first for x in batch)
+    assert first == list(itertools.islice(iter(_stream(mapper)), 6))
     with pytest.raises(RuntimeError, match="returned None for all 3 images"):
-        _RetryingMapDataset(DatasetFromList([0, 1, 2], copy=False), lambda x: None)[1]
+        next(iter(_stream(lambda d: None)))
 
 
 # ------------------------------------------------------------------------------------------------------------
