@@ -192,6 +192,33 @@ def test_skipped_images_are_replaced_deterministically():
         next(iter(_stream(lambda d: None)))
 
 
+def test_training_on_grayscale_rgba_palette_16bit_and_1x1_images(tmp_path, shapes, register):
+    # PIL opens each in its own mode; detectron2's read_image converts to 3-channel BGR, 16-bit values saturate
+    from PIL import Image
+
+    coco, image_root = copy.deepcopy(shapes[0]), tmp_path / "images"
+    shutil.copytree(shapes[1], image_root)
+    files = [image_root / img["file_name"] for img in coco["images"]]
+    Image.open(files[0]).convert("L").save(files[0])
+    Image.open(files[1]).convert("RGBA").save(files[1])
+    Image.open(files[2]).convert("P").save(files[2])
+    Image.fromarray(np.asarray(Image.open(files[3]).convert("L"), np.uint16) * 257).save(files[3])  # I;16
+    assert [Image.open(f).mode for f in files][:3] == ["L", "RGBA", "P"] and Image.open(files[3]).mode in ("I", "I;16")
+    tiny = dict(coco["images"][0], id=99, file_name="tiny.png", height=1, width=1)
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(image_root / "tiny.png")
+    coco["images"].append(tiny)
+    coco["annotations"].append({"id": 10 ** 6, "image_id": 99, "category_id": coco["categories"][0]["id"],
+                                "bbox": [0, 0, 1, 1], "segmentation": _polygon(0, 0, 1, 1), "area": 1, "iscrowd": 0})
+    name = register(coco, str(image_root))
+    cfg = _cfg(tmp_path, name)
+    for is_train in (True, False):
+        mapper = CheckedDatasetMapper(cfg, is_train=is_train)
+        for d in DatasetCatalog.get(name):
+            image = mapper(d)["image"]
+            assert image.dtype == torch.uint8 and image.shape == (3, 128, 128), (d["file_name"], image.shape)
+    _train(cfg)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 2. Zero-area / negative boxes, polygons with < 3 points  (and 3. empty masks, in the same training run)
 # ------------------------------------------------------------------------------------------------------------
