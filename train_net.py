@@ -11,12 +11,13 @@ import weakref
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, default_setup
 
 import maskrcnn_plugin
-from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer
+from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer, RNGStates, claim_output_dir
 from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
-from maskrcnn_plugin.data.mapper import CheckedDatasetMapper, build_checked_train_loader
+from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
+from maskrcnn_plugin.data.train_loader import build_checked_train_loader
 from maskrcnn_plugin.evaluation import build_evaluator
 from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo processes on CPU-only machines
 
@@ -25,8 +26,15 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ has just made a plain DetectionCheckpointer; swap in the atomic one before the
         # PeriodicCheckpointer hook captures it, so a kill while saving never leaves a truncated checkpoint.
+        # With the data stream's position and the RNG states in each checkpoint, --resume continues the very
+        # run that was killed (same images, augmentations and RPN / RoI samples).
+        resume_state = {"data_stream": self.data_loader, "rng_states": RNGStates()}
+        if DefaultTrainer.state_dict is TrainerBase.state_dict:
+            # detectron2 <= 0.6 leaves the optimizer (SGD momentum) out of the trainer's state; later versions
+            # save it with the trainer
+            resume_state["optimizer"] = self.optimizer
         self.checkpointer = AtomicDetectionCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **resume_state
         )
         return super().build_hooks()
 
@@ -43,7 +51,8 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
 
 
-def setup(args):
+def load_cfg(args):
+    """The checked, frozen config of ``args`` (no side effects beyond registering its datasets)."""
     cfg = get_cfg()
     maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -53,6 +62,11 @@ def setup(args):
     cfg.freeze()
     register_datasets_from_cfg(cfg)
     check_num_classes(cfg)
+    return cfg
+
+
+def setup(args):
+    cfg = load_cfg(args)
     default_setup(cfg, args)
     return cfg
 
@@ -73,7 +87,11 @@ def write_results(cfg, results):
 
 
 def main(args):
-    cfg = setup(args)
+    cfg = load_cfg(args)
+    if not args.eval_only and comm.is_main_process():
+        # before default_setup writes config.yaml and the log: a second run into this OUTPUT_DIR stops here
+        output_dir_lock = claim_output_dir(cfg.OUTPUT_DIR)  # noqa: F841  (held until the process ends)
+    default_setup(cfg, args)
     if args.eval_only:
         check_weights_exist(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)

@@ -10,6 +10,7 @@ runs are a few iterations of detectron2's SimpleTrainer (what DefaultTrainer run
 generated dataset at 128 px; SimpleTrainer raises FloatingPointError on a non-finite loss.
 """
 import copy
+import itertools
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetFromList, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
@@ -30,7 +32,8 @@ from test_train_net import DEFAULT_CONFIG, tiny_opts
 import maskrcnn_plugin
 from maskrcnn_plugin.config import check_maskrcnn_plugin_config
 from maskrcnn_plugin.data import load_coco_json_checked, register_coco_instances_checked
-from maskrcnn_plugin.data.mapper import CheckedDatasetMapper, _RetryingMapDataset, build_checked_train_loader
+from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
+from maskrcnn_plugin.data.train_loader import ResumableTrainLoader, build_checked_train_loader
 from maskrcnn_plugin.data.shapes import generate_shapes
 from maskrcnn_plugin.layers import RoIAlign, RoIPool, RoIWarp, roi_align, roi_pool, roi_warp
 
@@ -173,13 +176,47 @@ def test_training_skips_unreadable_images(tmp_path, shapes, register, caplog):
     _train(cfg)
 
 
-def test_retrying_map_dataset():
-    # detectron2's MapDataset retries with random.sample(set), a TypeError on Python >= 3.11;
-    # build_checked_train_loader uses this subclass instead.
-    ds = _RetryingMapDataset(DatasetFromList([0, 1, 2], copy=False), lambda x: None if x == 0 else x)
-    assert all(ds[0] in (1, 2) for _ in range(5))
+def _stream(mapper, n=3, batch_size=2):
+    dicts = [{"i": i, "width": 4, "height": 4} for i in range(n)]
+    return ResumableTrainLoader(dicts, mapper, lambda seed: TrainingSampler(n, seed=seed), batch_size, seed=3)
+
+
+def test_skipped_images_are_replaced_deterministically():
+    def mapper(d):  # image 0 is unreadable
+        return None if d["i"] == 0 else d["i"]
+
+    first = list(itertools.islice(iter(_stream(mapper)), 6))
+    assert all(x in (1, 2) for batch in first for x in batch)
+    assert first == list(itertools.islice(iter(_stream(mapper)), 6))
     with pytest.raises(RuntimeError, match="returned None for all 3 images"):
-        _RetryingMapDataset(DatasetFromList([0, 1, 2], copy=False), lambda x: None)[1]
+        next(iter(_stream(lambda d: None)))
+
+
+def test_training_on_grayscale_rgba_palette_16bit_and_1x1_images(tmp_path, shapes, register):
+    # PIL opens each in its own mode; detectron2's read_image converts to 3-channel BGR, 16-bit values saturate
+    from PIL import Image
+
+    coco, image_root = copy.deepcopy(shapes[0]), tmp_path / "images"
+    shutil.copytree(shapes[1], image_root)
+    files = [image_root / img["file_name"] for img in coco["images"]]
+    Image.open(files[0]).convert("L").save(files[0])
+    Image.open(files[1]).convert("RGBA").save(files[1])
+    Image.open(files[2]).convert("P").save(files[2])
+    Image.fromarray(np.asarray(Image.open(files[3]).convert("L"), np.uint16) * 257).save(files[3])  # I;16
+    assert [Image.open(f).mode for f in files][:3] == ["L", "RGBA", "P"] and Image.open(files[3]).mode in ("I", "I;16")
+    tiny = dict(coco["images"][0], id=99, file_name="tiny.png", height=1, width=1)
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(image_root / "tiny.png")
+    coco["images"].append(tiny)
+    coco["annotations"].append({"id": 10 ** 6, "image_id": 99, "category_id": coco["categories"][0]["id"],
+                                "bbox": [0, 0, 1, 1], "segmentation": _polygon(0, 0, 1, 1), "area": 1, "iscrowd": 0})
+    name = register(coco, str(image_root))
+    cfg = _cfg(tmp_path, name)
+    for is_train in (True, False):
+        mapper = CheckedDatasetMapper(cfg, is_train=is_train)
+        for d in DatasetCatalog.get(name):
+            image = mapper(d)["image"]
+            assert image.dtype == torch.uint8 and image.shape == (3, 128, 128), (d["file_name"], image.shape)
+    _train(cfg)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -53,6 +54,31 @@ def test_save_writes_complete_file_and_tags_it(tmp_path):
     assert extra["iteration"] == 9
     for a, b in zip(_model().state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_full_disk_during_save_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(500, 500)
+    ckpt = AtomicDetectionCheckpointer(model, save_dir=str(tmp_path))
+    ckpt.save("model_0000001", iteration=1)
+    previous = (tmp_path / "model_0000001.pth").read_bytes()
+    # The disk "fills up" half-way through the next checkpoint: writes past the file-size limit fail (EFBIG)
+    # as they would with ENOSPC.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(previous) // 2, hard))
+    try:
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        with pytest.raises(OSError, match=f"Could not write {tmp_path / 'model_0000002.pth'} .*disk full"):
+            ckpt.save("model_0000002", iteration=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert (tmp_path / "model_0000001.pth").read_bytes() == previous
+    assert AtomicDetectionCheckpointer(_model(), save_dir=str(tmp_path)).has_checkpoint()
 
 
 @pytest.mark.parametrize("keep", [0, 100, 0.5])

@@ -272,7 +272,7 @@ def test_bad_polygons_and_boxes_dropped_with_warning(tmp_path, caplog):
     assert dicts[0]["annotations"][1]["segmentation"] == [[1, 2, 11, 2, 11, 7]]
     text = caplog.text
     assert "dropped 2 annotation(s)" in text and "1 annotation(s) without a valid polygon" in text
-    assert "removed 2 polygon(s)" in text
+    assert "removed 2 malformed polygon(s)" in text
 
 
 def test_register_coco_instances_checked(tmp_path):

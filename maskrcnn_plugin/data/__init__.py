@@ -14,6 +14,7 @@ from .datasets import (  # noqa: F401  (registration happens on import)
     set_data_root,
     shapes_metadata,
 )
+from .train_loader import ResumableTrainLoader, build_checked_train_loader  # noqa: F401
 from .shapes import (  # noqa: F401
     PERSON_KEYPOINT_CONNECTION_RULES,
     PERSON_KEYPOINT_FLIP_MAP,

@@ -43,6 +43,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from . import shapes as _shapes
+from .annotations import keypoints_problem, polygon_problem, rle_problem
 
 __all__ = [
     "BUILTIN_SHAPES",
@@ -304,11 +305,15 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
     * missing "images"/"annotations"/"categories" -> ValueError naming the file;
     * an annotation whose category_id is not in "categories" -> ValueError naming the file, the annotation id
       and the valid ids; duplicate image or annotation ids -> ValueError;
-    * an image whose file does not exist under ``image_root`` -> FileNotFoundError naming the path;
-    * annotations with a missing/zero-area/negative bbox, a bbox wholly outside the image, polygons that all
-      have < 3 points, or a mask with no pixel in the image (RLE or polygons) are dropped (polygons with
-      < 3 points are removed from otherwise valid annotations) and counted in one warning: detectron2 would
-      otherwise train the mask head towards an empty target inside a non-empty box;
+    * an image whose file does not exist under ``image_root`` -> FileNotFoundError naming the path; an image
+      whose height or width is not a positive integer -> ValueError naming its id;
+    * every field is checked before pycocotools sees it (`maskrcnn_plugin.data.annotations`): annotations with
+      a missing/non-finite/zero-area/negative bbox, a bbox wholly outside the image, no well-formed polygon
+      (>= 3 finite points within an image size of the image), a malformed RLE (size not the image's, run
+      lengths that are negative or do not add up to the image), malformed keypoints, or a mask with no pixel
+      in the image are dropped (malformed polygons are removed from otherwise valid annotations) and counted
+      in one warning per file: detectron2 would otherwise train the mask head towards an empty target inside
+      a non-empty box, and pycocotools would allocate without bound or overrun its buffers;
     * bboxes partly outside the image are clipped to it (detectron2's mapper clips them too, but the dataset
       dicts, e.g. for visualisation or repeat-factor sampling, should agree with what is trained on).
     """
@@ -325,6 +330,7 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
     if len(set(cat_ids)) != len(cat_ids):
         raise ValueError(f"{json_file}: duplicate category ids in 'categories': {cat_ids}")
     id_map = {cid: i for i, cid in enumerate(cat_ids)}
+    num_keypoints = {int(c["id"]): len(c["keypoints"]) for c in cats if isinstance(c.get("keypoints"), list)}
 
     images = {}
     for img in data["images"]:
@@ -333,11 +339,16 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
                 raise ValueError(f"{json_file}: image entry {img.get('id', '?')} has no '{k}'")
         if img["id"] in images:
             raise ValueError(f"{json_file}: duplicate image id {img['id']}")
+        if not all(isinstance(img[k], int) and not isinstance(img[k], bool) and img[k] > 0 for k in ("height", "width")):
+            raise ValueError(
+                f"{json_file}: image id {img['id']} has height {img['height']!r} and width {img['width']!r}; "
+                "both must be positive integers"
+            )
         images[img["id"]] = img
 
     anns_per_image = {i: [] for i in images}
     seen_ann_ids = set()
-    n_bad_box = n_outside = n_bad_poly_ann = n_bad_poly = n_empty_mask = n_clipped = n_orphan = 0
+    n_bad_box = n_outside = n_bad_poly_ann = n_bad_poly = n_bad_rle = n_bad_kps = n_empty_mask = n_clipped = n_orphan = 0
     for ann in data["annotations"]:
         aid = ann.get("id")
         if aid in seen_ann_ids:
@@ -364,17 +375,21 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
             continue
         n_clipped += clipped
         segm = ann.get("segmentation")
+        height, width = img["height"], img["width"]
         if isinstance(segm, list):
-            good = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+            good = [p for p in segm if polygon_problem(p, height, width) is None]
             n_bad_poly += len(segm) - len(good)
             if not good:
                 n_bad_poly_ann += 1
                 continue
             segm = good
-            rles = mask_util.frPyObjects(segm, int(img["height"]), int(img["width"]))  # clipped to the image
+            rles = mask_util.frPyObjects(segm, height, width)  # clipped to the image
         elif isinstance(segm, dict):
             if "counts" not in segm or "size" not in segm:
                 raise ValueError(f"{json_file}: annotation id {aid} has an RLE segmentation without counts/size")
+            if rle_problem(segm, height, width) is not None:
+                n_bad_rle += 1
+                continue
             if isinstance(segm["counts"], list):  # uncompressed RLE -> compressed, as detectron2 does
                 segm = mask_util.frPyObjects(segm, *segm["size"])
             rles = [segm]
@@ -393,6 +408,9 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
         if segm:
             obj["segmentation"] = segm
         kps = ann.get("keypoints")
+        if kps is not None and keypoints_problem(kps, num_keypoints.get(cid)) is not None:
+            n_bad_kps += 1
+            continue
         if kps:
             # COCO keypoints are pixel indices; detectron2 uses continuous coordinates (+0.5), as load_coco_json.
             obj["keypoints"] = [v + 0.5 if i % 3 != 2 else v for i, v in enumerate(kps)]
@@ -402,12 +420,15 @@ def load_coco_json_checked(json_file, image_root, dataset_name=None):
         (n_bad_box, "with a missing, zero-area or negative bbox"),
         (n_outside, "with a bbox wholly outside the image"),
         (n_bad_poly_ann, "without a valid polygon"),
+        (n_bad_rle, "with a malformed RLE (size not the image's, bad or mis-summed run lengths)"),
+        (n_bad_kps, "with malformed keypoints (count, non-finite values or visibility flags)"),
         (n_empty_mask, "with an empty mask (no pixel in the image)"),
     ]
     if any(n for n, _ in dropped) or n_bad_poly:
         logger.warning(
             f"{json_file}: dropped " + (", ".join(f"{n} annotation(s) {why}" for n, why in dropped if n) or "0")
-            + f"; removed {n_bad_poly} polygon(s) with < 3 points."
+            + f"; removed {n_bad_poly} malformed polygon(s) (< 3 points, odd length, non-finite or far-outside "
+            "coordinates)."
         )
     if n_clipped:
         logger.info(f"{json_file}: clipped {n_clipped} bbox(es) that extend beyond their image to the image.")

@@ -1,5 +1,5 @@
 """detectron2's DatasetMapper with image-reading errors that name the file and what to do, optionally skipping
-such images in training, and a train loader whose skip (retry with another image) works on Python >= 3.11.
+such images in training (the train loader, `train_loader.py`, then maps another image in their place).
 
 PIL's own messages for a truncated or non-image file ("image file is truncated", "cannot identify image
 file <_io.BufferedReader ...>") do not always say which dataset entry is broken.
@@ -7,10 +7,10 @@ file <_io.BufferedReader ...>") do not always say which dataset entry is broken.
 import logging
 
 from detectron2.config import configurable
-from detectron2.data import DatasetFromList, DatasetMapper, MapDataset, build_detection_train_loader
+from detectron2.data import DatasetMapper
 from PIL import UnidentifiedImageError
 
-__all__ = ["CheckedDatasetMapper", "build_checked_train_loader"]
+__all__ = ["CheckedDatasetMapper"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class CheckedDatasetMapper(DatasetMapper):
 
     With ``skip_unreadable`` (``cfg.DATALOADER.SKIP_UNREADABLE_IMAGES``, training mapper only) an unreadable
     image is logged once as a warning naming the file and the mapper returns None, detectron2's way of saying
-    "use another image" (see `build_checked_train_loader`).
+    "use another image" (see `maskrcnn_plugin.data.train_loader`).
     """
 
     @configurable
@@ -55,37 +55,3 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"{what} Replace or remove the file, drop its entry from the dataset json, or set "
                 "DATALOADER.SKIP_UNREADABLE_IMAGES True to skip unreadable images in training."
             ) from e
-
-
-class _RetryingMapDataset(MapDataset):
-    """detectron2's MapDataset (a None from the mapper means: use another random image) with a retry that works.
-
-    detectron2 0.6 and later draw the replacement with ``random.sample(a_set, k=1)``, which Python >= 3.11
-    rejects ("TypeError: Population must be a sequence"), so a mapper returning None crashes training there.
-    """
-
-    def __getitem__(self, idx):
-        cur_idx = int(idx)
-        while True:
-            data = self._map_func(self._dataset[cur_idx])
-            if data is not None:
-                self._fallback_candidates.add(cur_idx)
-                return data
-            self._fallback_candidates.discard(cur_idx)
-            if not self._fallback_candidates:
-                raise RuntimeError(f"The dataset mapper returned None for all {len(self)} images; nothing to train on.")
-            # Failures are rare, so sorting the candidates each time is cheap enough (and deterministic).
-            cur_idx = self._rng.choice(sorted(self._fallback_candidates))
-
-
-def build_checked_train_loader(cfg, mapper=None):
-    """detectron2's ``build_detection_train_loader(cfg, mapper)`` with ``CheckedDatasetMapper(cfg, True)`` as the
-    default mapper, where an image the mapper skips (returns None for) is replaced by another random one."""
-    from detectron2.data.build import _train_loader_from_config
-
-    kwargs = _train_loader_from_config(cfg, mapper or CheckedDatasetMapper(cfg, is_train=True))
-    dataset = kwargs["dataset"]
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    kwargs["dataset"] = _RetryingMapDataset(dataset, kwargs.pop("mapper"))
-    return build_detection_train_loader(mapper=None, **kwargs)
