@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .roi_ops import _bilinear_axis, _sample_coords
+from .roi_ops import _bilinear_axis, _div, _sample_coords
 
 _FLT_MAX = 3.4028234663852886e38  # C's FLT_MAX: the initial value of RoIPool's running max (torchvision)
 _ELEMENT_BUDGET = 1 << 23  # elements of the largest gathered intermediate
@@ -114,7 +114,7 @@ def sample_forward(input, batch, sy, sx, bh, bw, gh, gw, ph: int, pw: int, is_ma
             out[ids] = best
             argmax[ids] = pos.to(torch.int32)
         else:
-            out[ids] = v.sum(-1) / float(g_h * g_w)
+            out[ids] = _div(v.sum(-1), g_h * g_w)
     return out, argmax
 
 
@@ -131,10 +131,10 @@ def sample_backward(grad, batch, sy, sx, bh, bw, gh, gw, argmax, n: int, c: int,
             xs = _sample_coords(sx[ids], bw[ids], g_w, pw)[:, None, None]
             base = (batch[ids] * (height * width))[:, None, None, None, None]
             g = grad_hwc[ids][:, :, None, :, None, :]  # [kk, ph, 1, pw, 1, c]
-            count = float(g_h * g_w)
+            count = g_h * g_w
             for yi, xi, wy, wx in _corners(ys, xs, height, width):
                 index = (base + yi * width + xi).reshape(-1)
-                grad_input.index_add_(0, index, (g * ((wy * wx) / count)[..., None]).reshape(-1, c))
+                grad_input.index_add_(0, index, (g * _div(wy * wx, count)[..., None]).reshape(-1, c))
     return grad_input.reshape(n, height, width, c).permute(0, 3, 1, 2).contiguous()
 
 

@@ -95,6 +95,12 @@ def _kernels(device: torch.device):
     return ext if ext is not None else _python_kernels
 
 
+def _torchvision_ops():
+    import torchvision  # noqa: F401  (loading it registers torch.ops.torchvision)
+
+    return torch.ops.torchvision
+
+
 def _use_torchvision() -> bool:
     """CUDA only: torchvision's kernels serve the ops they compute exactly, unless a backend is forced."""
     return _backend() in ("auto", "cpp")
@@ -133,7 +139,7 @@ def _roi_pool_cuda(input, rois, spatial_scale, pooled_height, pooled_width):
         return _roi_pool(input, rois, spatial_scale, pooled_height, pooled_width)
     _check_feature_map(input, rois.size(0))
     x, r, _ = _compute_args(input, rois)
-    out, argmax = torch.ops.torchvision.roi_pool(x, r, spatial_scale, pooled_height, pooled_width)
+    out, argmax = _torchvision_ops().roi_pool(x, r, spatial_scale, pooled_height, pooled_width)
     return out.to(input.dtype), argmax
 
 
@@ -157,7 +163,7 @@ def _roi_pool_backward_cuda(grad, rois, argmax, *args):
     if not _use_torchvision():
         return _roi_pool_backward(grad, rois, argmax, *args)
     g = grad.to(_compute_dtype(grad.dtype)).contiguous()
-    gi = torch.ops.torchvision._roi_pool_backward(g, rois.to(g.dtype), argmax, *args)
+    gi = _torchvision_ops()._roi_pool_backward(g, rois.to(g.dtype), argmax, *args)
     return gi.to(grad.dtype)
 
 
@@ -225,7 +231,7 @@ def _sample_forward_cuda(geometry, input, rois, spatial_scale, ph, pw, sampling_
     _check_feature_map(input, rois.size(0))
     x, r, _ = _compute_args(input, rois)
     tv_rois, tv_scale = _torchvision_align_rois(geometry, r, spatial_scale)
-    out = torch.ops.torchvision.roi_align(x, tv_rois, tv_scale, ph, pw, sampling_ratio, aligned)
+    out = _torchvision_ops().roi_align(x, tv_rois, tv_scale, ph, pw, sampling_ratio, aligned)
     return out.to(input.dtype), _no_argmax(x, ph, pw)
 
 
@@ -236,7 +242,7 @@ def _sample_backward_cuda(geometry, grad, rois, argmax, spatial_scale, ph, pw, n
                                 aggregation, aligned)
     g = grad.to(_compute_dtype(grad.dtype)).contiguous()
     tv_rois, tv_scale = _torchvision_align_rois(geometry, rois.to(g.dtype), spatial_scale)
-    gi = torch.ops.torchvision._roi_align_backward(g, tv_rois, tv_scale, ph, pw, n, c, h, w, sampling_ratio, aligned)
+    gi = _torchvision_ops()._roi_align_backward(g, tv_rois, tv_scale, ph, pw, n, c, h, w, sampling_ratio, aligned)
     return gi.to(grad.dtype)
 
 

@@ -176,6 +176,12 @@ class _SamplingRoIModule(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # per-RoI geometry (shared by every kernel, so all compute the very same bins / sample positions)
 # ----------------------------------------------------------------------------------------------------------
+def _div(x: Tensor, n) -> Tensor:
+    """``x / n`` correctly rounded on every device: CUDA divides by a Python scalar as a multiplication by its
+    reciprocal, which can differ in the last bit and then move a ceil()-ed bin edge or sample count."""
+    return x / torch.full_like(x, n)
+
+
 def _quantized_box(rois: Tensor, spatial_scale: float):
     """RoIPool's snap: start = round(x1 * s), end = round(x2 * s) (both inclusive cells), size >= 1."""
     q = _c_round(_scale(rois, spatial_scale)).clamp(-_INT_LIMIT, _INT_LIMIT).to(torch.int64)
@@ -194,8 +200,8 @@ def _pool_bin_edges(rois: Tensor, spatial_scale: float, ph: int, pw: int, height
     """
     dt = rois.dtype
     x1, y1, w, h = _quantized_box(rois, spatial_scale)
-    bin_h = h.to(dt) / ph
-    bin_w = w.to(dt) / pw
+    bin_h = _div(h.to(dt), ph)
+    bin_w = _div(w.to(dt), pw)
     r_h = torch.arange(ph, dtype=dt, device=rois.device)
     r_w = torch.arange(pw, dtype=dt, device=rois.device)
     hs = torch.floor(r_h[None] * bin_h[:, None]).to(torch.int64)
@@ -213,7 +219,7 @@ def _grid_size(extent: Tensor, pooled: int, sampling_ratio: int) -> Tensor:
     if sampling_ratio > 0:
         return torch.full(extent.shape, sampling_ratio, dtype=torch.int64, device=extent.device)
     # adaptive: ceil(roi_size / output_size) samples per bin side (computed in the input dtype)
-    g = torch.ceil(extent / pooled).clamp(min=0, max=_INT_LIMIT)
+    g = torch.ceil(_div(extent, pooled)).clamp(min=0, max=_INT_LIMIT)
     return g.to(torch.int64)
 
 
@@ -228,8 +234,8 @@ def _align_params(rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling
     if not aligned:  # legacy behaviour: force malformed boxes to 1 x 1 cells
         rw = rw.clamp(min=1.0)
         rh = rh.clamp(min=1.0)
-    bin_h = rh / ph
-    bin_w = rw / pw
+    bin_h = _div(rh, ph)
+    bin_w = _div(rw, pw)
     gh = _grid_size(rh, ph, sampling_ratio)
     gw = _grid_size(rw, pw, sampling_ratio)
     return y1.contiguous(), x1.contiguous(), bin_h, bin_w, gh, gw
@@ -244,7 +250,7 @@ def _warp_params(rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_
     sx = x1.to(dt) - off
     hf = h.to(dt)
     wf = w.to(dt)
-    return sy, sx, hf / ph, wf / pw, _grid_size(hf, ph, sampling_ratio), _grid_size(wf, pw, sampling_ratio)
+    return sy, sx, _div(hf, ph), _div(wf, pw), _grid_size(hf, ph, sampling_ratio), _grid_size(wf, pw, sampling_ratio)
 
 
 def _snapped_rois(rois: Tensor, spatial_scale: float) -> Tensor:
@@ -264,7 +270,7 @@ def _sample_coords(start: Tensor, bin_size: Tensor, grid: int, pooled: int) -> T
     p = torch.arange(pooled, dtype=dt, device=start.device)
     i = torch.arange(grid, dtype=dt, device=start.device) + 0.5
     a = start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
-    return a + (i[None, None, :] * bin_size[:, None, None]) / grid
+    return a + _div(i[None, None, :] * bin_size[:, None, None], grid)
 
 
 def _bilinear_axis(coord: Tensor, size: int):
