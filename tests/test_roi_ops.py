@@ -1,4 +1,4 @@
-"""Tests of maskrcnn_plugin.layers: RoIPool / RoIWarp / RoIAlign, both backends (python, cpp).
+"""Tests of maskrcnn_plugin.layers: RoIPool / RoIWarp / RoIAlign, both CPU backends (python, cpp).
 
 The reference implementations below are deliberately plain Python loops over RoIs, bins and samples,
 written from the operator definitions (Mask R-CNN Section 3 / torchvision conventions). Each reference
@@ -474,6 +474,14 @@ def test_backend_env_var(monkeypatch):
     if _ext.load_extension() is not None:
         y16 = roi_align(x.bfloat16(), rois.bfloat16(), 2, 0.5, 2, "avg", True)
         assert y16.dtype == torch.bfloat16 and torch.isfinite(y16.float()).all()
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    x, rois = make_case(965)
+    monkeypatch.setenv("MASKRCNN_PLUGIN_ROI_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        roi_align(x, rois, 2)
 
 
 def test_modules_and_repr(backend):

@@ -137,6 +137,24 @@ def test_triton_interpreter_equals_cpu_kernels(triton_backend, name):
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["pool", "align_avg", "warp_max"])
+def test_deterministic_mode_replaces_atomic_gpu_backward(triton_backend, name):
+    """Under torch.use_deterministic_algorithms(True) the backward leaves the atomics-based Triton kernels
+    for the pure-PyTorch ones: the gradient is the python backend's, bit for bit."""
+    x, rois = make_case(31, c=3, h=7, w=9, k=6, dtype=torch.float32)
+    y_fast, _, _ = _eager_with_grad(OPS[name], x, rois)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y, gx, _ = _eager_with_grad(OPS[name], x, rois)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    os.environ["MASKRCNN_PLUGIN_ROI_BACKEND"] = "python"
+    _, gx_python, _ = _eager_with_grad(OPS[name], x, rois)
+    assert torch.equal(y, y_fast)  # the forward stays on the Triton kernels
+    assert torch.equal(gx, gx_python)
+
+
 # ------------------------------------------------------------------------------------------------------
 # torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------------

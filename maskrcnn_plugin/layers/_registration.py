@@ -31,6 +31,11 @@ module* with four functions (``pool_forward``, ``pool_backward``, ``sample_forwa
 ``triton`` runs every op through ``roi_triton`` (on CPU tensors too when ``TRITON_INTERPRET=1``, which is how
 the tests check the GPU kernels without a GPU). float16 / bfloat16 are computed in float32 and returned in
 the input dtype.
+
+Determinism: forwards are deterministic everywhere, and so are the CPU backwards (parallel over channels).
+The GPU backwards (Triton, torchvision) accumulate with atomics, so their sums may differ in the last bits
+from run to run; under ``torch.use_deterministic_algorithms(True)`` the pure-PyTorch kernels compute the
+GPU backwards instead (deterministic, slower).
 """
 import os
 from typing import Callable, Tuple
@@ -73,10 +78,18 @@ def _use_cpp(input: Tensor) -> bool:
     return _ext_module() is not None
 
 
-def _kernels(device: torch.device):
+def _deterministic_backward() -> bool:
+    """torch's deterministic mode: the GPU backward kernels (Triton, torchvision) sum with atomics in an
+    arbitrary order, so the pure-PyTorch kernels (index_add_, deterministic in that mode) replace them."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _kernels(device: torch.device, backward: bool = False):
     """The kernel module that computes the ops for tensors on `device` (see the module docstring)."""
     backend = _backend()
     if backend == "triton" or (device.type == "cuda" and backend != "python"):
+        if backward and _deterministic_backward():
+            return _python_kernels
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 f"{_BACKEND_ENV}=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
@@ -101,9 +114,10 @@ def _torchvision_ops():
     return torch.ops.torchvision
 
 
-def _use_torchvision() -> bool:
-    """CUDA only: torchvision's kernels serve the ops they compute exactly, unless a backend is forced."""
-    return _backend() in ("auto", "cpp")
+def _use_torchvision(backward: bool = False) -> bool:
+    """CUDA only: torchvision's kernels serve the ops they compute exactly, unless a backend is forced (or,
+    for a backward, deterministic mode is on)."""
+    return _backend() in ("auto", "cpp") and not (backward and _deterministic_backward())
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -155,12 +169,12 @@ def _roi_pool_backward(
 ) -> Tensor:
     g = grad.to(_compute_dtype(grad.dtype)).contiguous()
     batch = rois[:, 0].to(torch.int64).contiguous()
-    gi = _kernels(g.device).pool_backward(g, batch, argmax.contiguous(), batch_size, channels, height, width)
+    gi = _kernels(g.device, backward=True).pool_backward(g, batch, argmax.contiguous(), batch_size, channels, height, width)
     return gi.to(grad.dtype)
 
 
 def _roi_pool_backward_cuda(grad, rois, argmax, *args):
-    if not _use_torchvision():
+    if not _use_torchvision(backward=True):
         return _roi_pool_backward(grad, rois, argmax, *args)
     g = grad.to(_compute_dtype(grad.dtype)).contiguous()
     gi = _torchvision_ops()._roi_pool_backward(g, rois.to(g.dtype), argmax, *args)
@@ -212,7 +226,7 @@ def _sample_backward(geometry: Callable, grad, rois, argmax, spatial_scale, ph, 
     r = rois.to(g.dtype).contiguous()
     batch = r[:, 0].to(torch.int64).contiguous()
     params = [t.contiguous() for t in geometry(r, spatial_scale, ph, pw, sampling_ratio, aligned)]
-    gi = _kernels(g.device).sample_backward(
+    gi = _kernels(g.device, backward=True).sample_backward(
         g, batch, *params, argmax.contiguous(), n, c, h, w, ph, pw, aggregation == "max"
     )
     return gi.to(grad.dtype)
@@ -237,7 +251,7 @@ def _sample_forward_cuda(geometry, input, rois, spatial_scale, ph, pw, sampling_
 
 def _sample_backward_cuda(geometry, grad, rois, argmax, spatial_scale, ph, pw, n, c, h, w, sampling_ratio,
                           aggregation, aligned):
-    if aggregation == "max" or not _use_torchvision():
+    if aggregation == "max" or not _use_torchvision(backward=True):
         return _sample_backward(geometry, grad, rois, argmax, spatial_scale, ph, pw, n, c, h, w, sampling_ratio,
                                 aggregation, aligned)
     g = grad.to(_compute_dtype(grad.dtype)).contiguous()
