@@ -198,6 +198,14 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def write(result):
+    text = markdown(result)
+    if os.environ.get("OUT"):  # after every stage, so a run cut short still reports what it did
+        Path(os.environ["OUT"], "gpu_check_ops.json").write_text(json.dumps(result, indent=1))
+        Path(os.environ["OUT"], "gpu_check_ops.md").write_text(text)
+    return text
+
+
 def main():
     import triton
 
@@ -206,17 +214,15 @@ def main():
               "torch": torch.__version__, "torchvision": torchvision.__version__, "triton": triton.__version__,
               "numbers": [], "graph": [], "speed": []}
     ok = check_numbers(result["numbers"])
-    ok &= check_compile_and_opcheck(result["graph"])
+    write(result)
     if DEVICE.type == "cuda":
         bench(result["speed"])
+        write(result)
+    ok &= check_compile_and_opcheck(result["graph"])
     result["seconds"] = round(time.time() - t0, 1)
     result["ok"] = bool(ok)
-    text = markdown(result)
-    print(text)
+    print(write(result))
     print(f"{'all checks passed' if ok else 'CHECKS FAILED'}; {result['seconds']} s")
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_check_ops.json").write_text(json.dumps(result, indent=1))
-        Path(os.environ["OUT"], "gpu_check_ops.md").write_text(text)
     return 0 if ok else 1
 
 
