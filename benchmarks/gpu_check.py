@@ -95,7 +95,7 @@ def _grid(extent, pooled, sampling):
     if sampling > 0:
         return torch.full(extent.shape, sampling, dtype=torch.int64, device=extent.device)
     # clamped in float32: 2**30 overflows float16
-    return torch.ceil(extent / pooled).float().clamp(0, INT_LIMIT).to(torch.int64)
+    return torch.ceil(_div(extent, pooled)).float().clamp(0, INT_LIMIT).to(torch.int64)
 
 
 def _c_round(v):
@@ -118,7 +118,7 @@ def align_geometry(rois, scale, out, sampling, aligned):
     rw, rh = x2 - x1, y2 - y1
     if not aligned:
         rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
-    return (rois[:, 0].long(), y1.contiguous(), x1.contiguous(), rh / out, rw / out,
+    return (rois[:, 0].long(), y1.contiguous(), x1.contiguous(), _div(rh, out), _div(rw, out),
             _grid(rh, out, sampling), _grid(rw, out, sampling))
 
 
@@ -126,7 +126,7 @@ def warp_geometry(rois, scale, out, sampling, aligned):
     x1, y1, w, h = _snapped(rois, scale)
     off = 0.5 if aligned else 0.0
     hf, wf = h.to(rois.dtype), w.to(rois.dtype)
-    return (rois[:, 0].long(), y1.to(rois.dtype) - off, x1.to(rois.dtype) - off, hf / out, wf / out,
+    return (rois[:, 0].long(), y1.to(rois.dtype) - off, x1.to(rois.dtype) - off, _div(hf, out), _div(wf, out),
             _grid(hf, out, sampling), _grid(wf, out, sampling))
 
 
@@ -135,7 +135,7 @@ def pool_geometry(rois, scale, out, height, width):
     r = torch.arange(out, dtype=rois.dtype, device=rois.device)
     edges = []
     for start, extent, size in ((y1, h, height), (x1, w, width)):
-        b = extent.to(rois.dtype) / out
+        b = _div(extent.to(rois.dtype), out)
         lo = torch.floor(r[None] * b[:, None]).to(torch.int64) + start[:, None]
         hi = torch.ceil((r + 1)[None] * b[:, None]).to(torch.int64) + start[:, None]
         edges += [lo.clamp(0, size), hi.clamp(0, size)]
@@ -195,11 +195,21 @@ def _gather(planes, yi, xi):
     return planes[kk, cc, yi, xi]
 
 
-def ref_sample_forward(x, geom, out, is_max, dtype):
-    """Reference RoIAlign / RoIWarp forward in `dtype` (float32: the kernels' arithmetic; float64: exact)."""
+def _kernel_geometry(geom):
+    """The geometry in the precision the kernels compute sample coordinates in: float32, float64 for float64."""
     batch, sy, sx, bh, bw, gh, gw = geom
+    ct = torch.float64 if sy.dtype == torch.float64 else torch.float32
+    return (batch, *(t.to(ct) for t in (sy, sx, bh, bw)), gh, gw)
+
+
+def ref_sample_forward(x, geom, out, is_max, dtype):
+    """Reference RoIAlign / RoIWarp forward in `dtype` (float32: the kernels' arithmetic; float64: exact).
+
+    The sample coordinates are computed in the kernels' coordinate precision in both cases (`_kernel_geometry`):
+    a float64 coordinate can fall on the other side of a validity or cell boundary (e.g. -1.0000001 instead of
+    -1.0 on RoIWarp's lattice), which is a different sample, not an error of the interpolation being checked."""
+    batch, sy, sx, bh, bw, gh, gw = _kernel_geometry(geom)
     x = x.to(dtype)
-    sy, sx, bh, bw = (t.to(dtype) for t in (sy, sx, bh, bw))
     k, c, h, w = batch.numel(), x.size(1), x.size(2), x.size(3)
     res = torch.zeros(k, c, out, out, dtype=dtype)
     arg = torch.full((k, c, out, out), -1, dtype=torch.int32)
@@ -208,9 +218,9 @@ def ref_sample_forward(x, geom, out, is_max, dtype):
         acc = torch.full((ids.numel(), c, out, out), -math.inf if is_max else 0.0, dtype=dtype)
         best = torch.full(acc.shape, -1, dtype=torch.int32)
         for iy in range(g_h):
-            ty = _taps(_coords(sy[ids], bh[ids], iy, g_h, out, dim=2), h)
+            ty = _taps(_coords(sy[ids], bh[ids], iy, g_h, out, dim=2).to(dtype), h)
             for ix in range(g_w):
-                tx = _taps(_coords(sx[ids], bw[ids], ix, g_w, out, dim=3), w)
+                tx = _taps(_coords(sx[ids], bw[ids], ix, g_w, out, dim=3).to(dtype), w)
                 value = None
                 for yi, xi, wt in _corners(ty, tx):  # summed in the kernel's order
                     term = wt * _gather(planes, yi, xi)
@@ -238,8 +248,7 @@ def _scatter(grad_input, batch_ids, yi, xi, values, valid):
 
 def ref_sample_backward(grad, geom, argmax, shape, out, is_max):
     """Float64 reference input gradient; max mode scatters through the given arg-max."""
-    batch, sy, sx, bh, bw, gh, gw = geom
-    sy, sx, bh, bw = (t.double() for t in (sy, sx, bh, bw))
+    batch, sy, sx, bh, bw, gh, gw = _kernel_geometry(geom)
     grad = grad.double()
     gi = torch.zeros(shape, dtype=torch.float64)
     h, w = shape[2], shape[3]
@@ -248,15 +257,15 @@ def ref_sample_backward(grad, geom, argmax, shape, out, is_max):
         if is_max:
             s = argmax[ids].long()
             chosen = s.clamp(min=0)
-            ty = _taps(_coords(sy[ids], bh[ids], chosen // g_w, g_h, out, dim=2), h)
-            tx = _taps(_coords(sx[ids], bw[ids], chosen % g_w, g_w, out, dim=3), w)
+            ty = _taps(_coords(sy[ids], bh[ids], chosen // g_w, g_h, out, dim=2).double(), h)
+            tx = _taps(_coords(sx[ids], bw[ids], chosen % g_w, g_w, out, dim=3).double(), w)
             for yi, xi, wt in _corners(ty, tx):
                 _scatter(gi, b, yi, xi, g * wt, (s >= 0) & ty[4] & tx[4])
             continue
         for iy in range(g_h):
-            ty = _taps(_coords(sy[ids], bh[ids], iy, g_h, out, dim=2), h)
+            ty = _taps(_coords(sy[ids], bh[ids], iy, g_h, out, dim=2).double(), h)
             for ix in range(g_w):
-                tx = _taps(_coords(sx[ids], bw[ids], ix, g_w, out, dim=3), w)
+                tx = _taps(_coords(sx[ids], bw[ids], ix, g_w, out, dim=3).double(), w)
                 for yi, xi, wt in _corners(ty, tx):
                     _scatter(gi, b, yi, xi, g * _div(wt, g_h * g_w), ty[4] & tx[4])
     return gi
@@ -264,14 +273,14 @@ def ref_sample_backward(grad, geom, argmax, shape, out, is_max):
 
 def sample_values_at(x, geom, out, chosen):
     """Float64 value of sample `chosen` [k, C, ph, pw] of each bin (0 where chosen < 0 or outside)."""
-    batch, sy, sx, bh, bw, gh, gw = geom
+    batch, sy, sx, bh, bw, gh, gw = _kernel_geometry(geom)
     x = x.double()
     res = torch.zeros(chosen.shape, dtype=torch.float64)
     h, w = x.shape[2], x.shape[3]
     for g_h, g_w, ids in _groups(gh, gw):
         s = chosen[ids].long().clamp(min=0)
-        ty = _taps(_coords(sy[ids].double(), bh[ids].double(), s // g_w, g_h, out, dim=2), h)
-        tx = _taps(_coords(sx[ids].double(), bw[ids].double(), s % g_w, g_w, out, dim=3), w)
+        ty = _taps(_coords(sy[ids], bh[ids], s // g_w, g_h, out, dim=2).double(), h)
+        tx = _taps(_coords(sx[ids], bw[ids], s % g_w, g_w, out, dim=3).double(), w)
         planes = x[batch[ids]]
         v = sum(wt * _gather(planes, yi, xi) for yi, xi, wt in _corners(ty, tx))
         res[ids] = torch.where(ty[4] & tx[4] & (chosen[ids] >= 0), v, torch.zeros_like(v))
