@@ -14,8 +14,6 @@ A mapper that returns None (an unreadable image skipped by `CheckedDatasetMapper
 images drawn from the same name, so skipping is deterministic too.
 """
 import contextlib
-import itertools
-import logging
 import random
 
 import numpy as np
@@ -27,8 +25,6 @@ from detectron2.utils import comm
 from .mapper import CheckedDatasetMapper
 
 __all__ = ["ResumableTrainLoader", "build_checked_train_loader"]
-
-logger = logging.getLogger(__name__)
 
 
 def _item_seed(seed, rank, batch, slot):
@@ -64,10 +60,14 @@ class _SeededMapDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dicts)
 
+    def _candidates(self, index, seed):
+        """The image itself, then (only if it is skipped) the others in an order drawn from the item's seed."""
+        yield index
+        yield from np.random.default_rng(seed).permutation(len(self.dicts)).tolist()
+
     def __getitem__(self, index_and_seed):
         index, seed = index_and_seed
-        # the image itself, then (if it is skipped) the others in an order drawn from the item's seed
-        for i in itertools.chain([index], np.random.default_rng(seed).permutation(len(self.dicts)).tolist()):
+        for i in self._candidates(index, seed):
             if i in self._skipped:
                 continue
             with _rngs_seeded(seed):
