@@ -158,30 +158,26 @@ def test_deterministic_mode_replaces_atomic_gpu_backward(triton_backend, name):
 # ------------------------------------------------------------------------------------------------------
 # torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(OPS))
-def test_compile_fullgraph_equals_eager(name):
-    x, rois = make_case(40, dtype=torch.float32)
-    fn = OPS[name]
+def _assert_compiled_equals_eager(fn, x, rois, **compile_kwargs):
     y_ref, gx_ref, go = _eager_with_grad(fn, x, rois)
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(fn, fullgraph=True, **compile_kwargs)
     t = x.clone().requires_grad_(True)
     y = compiled(t, rois)
     (gx,) = torch.autograd.grad(y, t, go)
     assert torch.equal(y, y_ref)
     assert torch.equal(gx, gx_ref)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_compile_fullgraph_equals_eager(name):
+    x, rois = make_case(40, dtype=torch.float32)
+    _assert_compiled_equals_eager(OPS[name], x, rois, backend="aot_eager")
 
 
 def test_compile_inductor_smallest_shape():
     x, rois = make_case(41, n=1, c=2, h=5, w=6, k=3, dtype=torch.float32)
     rois[:, 0] = 0
-    fn = OPS["align_max"]
-    y_ref, gx_ref, go = _eager_with_grad(fn, x, rois)
-    compiled = torch.compile(fn, fullgraph=True)
-    t = x.clone().requires_grad_(True)
-    y = compiled(t, rois)
-    (gx,) = torch.autograd.grad(y, t, go)
-    assert torch.equal(y, y_ref)
-    assert torch.equal(gx, gx_ref)
+    _assert_compiled_equals_eager(OPS["align_max"], x, rois)
 
 
 def test_compile_skips_value_checks_but_eager_keeps_them():
