@@ -16,7 +16,6 @@ import sys
 import numpy as np
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -40,8 +39,7 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     # Instances below the threshold are not drawn, so there is no point in the heads producing them.

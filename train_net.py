@@ -9,11 +9,11 @@ import os
 import weakref
 
 import detectron2.utils.comm as comm
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, default_setup
 
 import maskrcnn_plugin
+from maskrcnn_plugin import compat
 from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer, RNGStates, claim_output_dir
 from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
 from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
@@ -23,6 +23,13 @@ from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo proc
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
+            # gloo processes: detectron2 would wrap the CPU model with GPU device ids, which torch rejects
+            compat.init_default_trainer_without_device_ids(self, cfg)
+        else:
+            super().__init__(cfg)
+
     def build_hooks(self):
         # DefaultTrainer.__init__ has just made a plain DetectionCheckpointer; swap in the atomic one before the
         # PeriodicCheckpointer hook captures it, so a kill while saving never leaves a truncated checkpoint.
@@ -53,8 +60,7 @@ class Trainer(DefaultTrainer):
 
 def load_cfg(args):
     """The checked, frozen config of ``args`` (no side effects beyond registering its datasets)."""
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     # Unknown registry names and invalid plugin values fail here, naming the key and the valid choices.
@@ -103,7 +109,7 @@ def main(args):
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     # DefaultTrainer.train() returns the final evaluation only when TEST.EXPECTED_RESULTS is set.
-    results = getattr(trainer, "_last_eval_results", None)
+    results = compat.last_eval_results(trainer)
     if results is not None:
         write_results(cfg, results)
     return results

@@ -7,9 +7,9 @@ that happens):
 - ROI_KEYPOINT_HEAD_REGISTRY: MaskRCNNKeypointHead (the paper's keypoint head, Sec. 5; stable inference)
 - META_ARCH_REGISTRY: GeneralizedRCNNFastPaste (GeneralizedRCNN with a faster CPU mask paste-back)
 - DatasetCatalog: the generated `shapes_*` datasets
-Call `add_maskrcnn_plugin_config(cfg)` before merging one of our configs.
+Call `add_maskrcnn_plugin_config(cfg)` (or start from `get_plugin_cfg()`) before merging one of our configs.
 """
 from . import data, keypoint_head, mask_head, paste, roi_heads  # noqa: F401  (imported for registration)
-from .config import add_maskrcnn_plugin_config, check_maskrcnn_plugin_config
+from .config import add_maskrcnn_plugin_config, check_maskrcnn_plugin_config, get_plugin_cfg
 
-__all__ = ["add_maskrcnn_plugin_config", "check_maskrcnn_plugin_config"]
+__all__ = ["add_maskrcnn_plugin_config", "check_maskrcnn_plugin_config", "get_plugin_cfg"]

@@ -11,6 +11,7 @@ claims the directory (`claim_output_dir`), which also keeps a second training pr
 `RNGStates` puts the global RNG states (torch, CUDA, numpy, ``random``) into each checkpoint so that a resumed
 run draws what the uninterrupted run would have drawn (detectron2's RPN / RoI sampling uses torch's RNG).
 """
+import contextlib
 import errno
 import fcntl
 import glob
@@ -25,22 +26,24 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "RNGStates", "atomic_write", "claim_output_dir"]
+__all__ = ["AtomicDetectionCheckpointer", "RNGStates", "atomic_open", "atomic_write", "claim_output_dir"]
 
 logger = logging.getLogger(__name__)
 _TMP_TAG = ".tmp-"
 
 
-def atomic_write(path, write_fn, mode="wb"):
-    """Call ``write_fn(f)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Open a temporary file next to ``path`` for writing; on leaving the block, fsync it and rename it to
+    ``path``.
 
-    An ``Exception`` while writing (e.g. no space left on the device) is raised as an ``OSError`` naming
-    ``path``; the file at ``path``, if any, is untouched and the temporary file removed.
+    An ``Exception`` in the block or while writing (e.g. no space left on the device) is raised as an
+    ``OSError`` naming ``path``; the file at ``path``, if any, is untouched and the temporary file removed.
     """
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}{_TMP_TAG}{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, mode) as f:
-            write_fn(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,6 +55,12 @@ def atomic_write(path, write_fn, mode="wb"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Call ``write_fn(f)`` on a file opened with `atomic_open`."""
+    with atomic_open(path, mode) as f:
+        write_fn(f)
 
 
 def claim_output_dir(output_dir):
@@ -118,45 +127,58 @@ class RNGStates:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _AtomicLocalWrites:
+    """A checkpointer's path manager whose writes to local files go through `atomic_open`; everything else,
+    and every remote path, is the wrapped path manager's."""
+
+    def __init__(self, path_manager):
+        self.path_manager = path_manager
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" in mode and "://" not in path and os.path.isdir(os.path.dirname(path) or "."):
+            return atomic_open(path, mode)
+        return self.path_manager.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.path_manager, name)
+
+
+def _loads(path):
+    """Whether the checkpoint file at ``path`` unpickles (pickle for .pkl, torch.load otherwise)."""
+    try:
+        with open(path, "rb") as f:
+            if path.endswith(".pkl"):
+                pickle.load(f, encoding="latin1")
+            else:
+                torch.load(f, map_location="cpu")
+        return True
+    except Exception:
+        return False
+
+
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """`DetectionCheckpointer` whose ``save`` and ``tag_last_checkpoint`` are atomic on a local directory."""
+    """`DetectionCheckpointer` whose checkpoint files and ``last_checkpoint`` are written atomically on a local
+    directory, and whose error for a truncated checkpoint names the file and what to do."""
 
-    def _local(self):
-        return bool(self.save_dir) and os.path.isdir(self.save_dir)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # fvcore's save and tag_last_checkpoint write through this path manager
+        self.path_manager = _AtomicLocalWrites(self.path_manager)
 
-    def save(self, name, **kwargs):
-        if not self.save_dir or not self.save_to_disk:
-            return
-        if not self._local():  # remote storage (path_manager handlers): keep detectron2's behaviour
-            return super().save(name, **kwargs)
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename):
-        if not self._local():
-            return super().tag_last_checkpoint(last_filename_basename)
-        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
-                     lambda f: f.write(last_filename_basename), mode="w")
-
-    def _load_file(self, filename):
+    def load(self, path, *args, **kwargs):
         try:
-            return super()._load_file(filename)
+            return super().load(path, *args, **kwargs)
         except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+            if not path or "://" in path or not os.path.isfile(path) or _loads(path):
+                raise  # not a damaged file: an error of the model or of another checkpointable
             hint = (
                 f"delete it, then either write the name of an earlier checkpoint into "
                 f"{os.path.join(self.save_dir, 'last_checkpoint')} and run again with --resume, or train "
                 "without --resume"
-                if self.save_dir and os.path.dirname(os.path.abspath(filename)) == os.path.abspath(self.save_dir)
+                if self.save_dir and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.save_dir)
                 else "pass a complete checkpoint file (e.g. <OUTPUT_DIR>/model_final.pth)"
             )
             raise RuntimeError(
-                f"Checkpoint file {filename!r} is truncated or corrupt and cannot be loaded "
+                f"Checkpoint file {path!r} is truncated or corrupt and cannot be loaded "
                 f"({type(e).__name__}: {e}); {hint}."
             ) from e

@@ -6,8 +6,17 @@ import importlib
 import os
 import sys
 import types
+import weakref
 
-__all__ = ["tracing_adapter_class"]
+import torch.distributed as dist
+from detectron2.utils import comm
+
+__all__ = [
+    "tracing_adapter_class",
+    "create_local_process_group",
+    "init_default_trainer_without_device_ids",
+    "last_eval_results",
+]
 
 
 def tracing_adapter_class():
@@ -35,3 +44,56 @@ def tracing_adapter_class():
         return importlib.import_module(f"{name}.flatten").TracingAdapter
     finally:
         del sys.modules[name]
+
+
+def create_local_process_group(num_machines, per_machine, machine_rank):
+    """Create detectron2's per-machine process group (``comm.get_local_rank()`` / ``get_local_size()``).
+
+    detectron2 after 0.6 has ``comm.create_local_process_group``. detectron2 0.6 creates the group inside its
+    own ``launch`` only, into the private ``comm._LOCAL_PROCESS_GROUP``, which is set here.
+    """
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(per_machine)
+        return
+    for i in range(num_machines):  # every process must take part in creating every group
+        group = dist.new_group(list(range(i * per_machine, (i + 1) * per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def init_default_trainer_without_device_ids(trainer, cfg):
+    """``DefaultTrainer.__init__(trainer, cfg)`` with the model wrapped in DistributedDataParallel without
+    device ids, as DistributedDataParallel requires for a model on the CPU (gloo processes).
+
+    Every detectron2 version to date (0.6 to main of 2026-06): ``DefaultTrainer.__init__`` wraps the model with
+    ``create_ddp_model``, which always passes ``device_ids=[local rank]``. The steps below are those of
+    ``DefaultTrainer.__init__`` on these versions; the one private name is ``DefaultTrainer._trainer`` (the
+    SimpleTrainer / AMPTrainer that runs the steps, which DefaultTrainer's ``run_step`` and state use).
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+    from torch.nn.parallel import DistributedDataParallel
+
+    TrainerBase.__init__(trainer)
+    cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    model = trainer.build_model(cfg)
+    optimizer = trainer.build_optimizer(cfg, model)
+    data_loader = trainer.build_train_loader(cfg)
+    if comm.get_world_size() > 1:
+        model = DistributedDataParallel(model, device_ids=None, broadcast_buffers=False)
+    trainer._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+    trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
+    trainer.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer))
+    trainer.start_iter = 0
+    trainer.max_iter = cfg.SOLVER.MAX_ITER
+    trainer.cfg = cfg
+    trainer.register_hooks(trainer.build_hooks())
+
+
+def last_eval_results(trainer):
+    """The results of a DefaultTrainer's last evaluation (its EvalHook), or None if it never evaluated.
+
+    Every detectron2 version to date: ``DefaultTrainer.train()`` returns them only when
+    ``TEST.EXPECTED_RESULTS`` is set; otherwise they are only in the private ``_last_eval_results``.
+    """
+    return getattr(trainer, "_last_eval_results", None)

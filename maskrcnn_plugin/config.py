@@ -1,12 +1,15 @@
 """Every config key maskrcnn_plugin adds to detectron2's defaults, each with what it means.
 
-`add_maskrcnn_plugin_config(cfg)` follows detectron2 projects' `add_*_config` convention; call it on a fresh
-`get_cfg()` before merging a yaml file. `check_maskrcnn_plugin_config(cfg)` rejects invalid values with the
-key and the valid choices, including component names that are in no detectron2 registry (called when our
-poolers are built; call it right after merging a config to fail before any model or data is built).
+`add_maskrcnn_plugin_config(cfg)` follows detectron2 projects' `add_*_config` convention: it only adds keys;
+call it on a fresh `get_cfg()` before merging a yaml file (`get_plugin_cfg()` does both and picks the device).
+`check_maskrcnn_plugin_config(cfg)` is the one validation of a whole config: it rejects invalid values with
+the key and the valid choices, including component names that are in no detectron2 registry; `train_net.py`
+calls it once, right after merging, so a bad config fails before any model or data is built. Components
+built straight from a config check only the keys they read (`check_roi_extractor`, the mask head's loss).
 """
 import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 # Valid values of the enumerated keys, used by the checks and in error messages.
 ROI_EXTRACTOR_METHODS = ("RoIPool", "RoIWarp", "RoIAlign")
@@ -15,12 +18,9 @@ MASK_LOSSES = ("sigmoid", "softmax")
 
 
 def add_maskrcnn_plugin_config(cfg):
-    """Add the plugin's keys (with defaults) to `cfg` in place. Safe to call twice."""
+    """Add the plugin's keys (with defaults) to `cfg` in place and return it. Safe to call twice."""
     if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
         return cfg
-    # detectron2 defaults to "cuda"; ours runs where the user is: cuda when present, else cpu.
-    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
     # ---- RoI feature extraction (paper Section 3, Table 2c/2d, Table 5) ----------------------------------
     # Used by AblationStandardROIHeads / AblationRes5ROIHeads for the box, mask and keypoint branches.
     cfg.MODEL.ROI_EXTRACTOR = CN()
@@ -63,17 +63,15 @@ def add_maskrcnn_plugin_config(cfg):
     return cfg
 
 
-def with_plugin_defaults(cfg):
-    """`cfg` itself if it has the plugin's keys, else a copy with their defaults added.
+def get_plugin_cfg():
+    """detectron2's default config plus the plugin's keys, with MODEL.DEVICE where this machine can run.
 
-    Lets a project that only names our components (e.g. `MODEL.ROI_HEADS.NAME: AblationStandardROIHeads`
-    after `import maskrcnn_plugin`) build them from a stock detectron2 config.
+    detectron2 defaults to "cuda"; ours runs where the user is: "cuda" when present, else "cpu" (a yaml file
+    or a command-line option still overrides it). The config `train_net.py` and `demo.py` start from.
     """
-    if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
-        return cfg
-    cfg = cfg.clone()
-    cfg.defrost()
-    return add_maskrcnn_plugin_config(cfg)
+    cfg = add_maskrcnn_plugin_config(get_cfg())
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg
 
 
 def _check_choice(value, key, choices):
@@ -81,13 +79,13 @@ def _check_choice(value, key, choices):
         raise ValueError(f"Invalid config value {key}={value!r}; valid values: {', '.join(map(repr, choices))}.")
 
 
-def _check_registered(name, key, registry):
+def _check_registered(name, key, registry, registry_name):
     # fvcore's Registry.get only says "No object named 'Foo' found in 'ROI_HEADS' registry!": name the config
     # key to fix and what would be valid instead.
     if name not in registry:
         valid = ", ".join(repr(n) for n, _ in sorted(registry, key=lambda item: item[0]))
         raise ValueError(
-            f"Invalid config value {key}={name!r}: not in detectron2's {registry._name} registry; "
+            f"Invalid config value {key}={name!r}: not in detectron2's {registry_name} registry; "
             f"registered names: {valid}. (A custom component must be imported, which registers it, before "
             "the model is built.)"
         )
@@ -115,34 +113,51 @@ def check_registered_names(cfg):
     from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
 
     m = cfg.MODEL
-    arch = _check_registered(m.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY)
-    _check_registered(m.BACKBONE.NAME, "MODEL.BACKBONE.NAME", BACKBONE_REGISTRY)
+    arch = _check_registered(m.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY, "META_ARCH")
+    _check_registered(m.BACKBONE.NAME, "MODEL.BACKBONE.NAME", BACKBONE_REGISTRY, "BACKBONE")
     if not isinstance(arch, type) or not issubclass(arch, (GeneralizedRCNN, ProposalNetwork)):
         return  # e.g. RetinaNet, or a custom architecture whose sub-components we cannot know
     # "PrecomputedProposals" is the builder's own name for "no proposal generator" (proposals from files).
     if m.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":
-        _check_registered(m.PROPOSAL_GENERATOR.NAME, "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY)
+        _check_registered(m.PROPOSAL_GENERATOR.NAME, "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY,
+                          "PROPOSAL_GENERATOR")
     if not issubclass(arch, GeneralizedRCNN):
         return
-    heads = _check_registered(m.ROI_HEADS.NAME, "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY)
+    heads = _check_registered(m.ROI_HEADS.NAME, "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, "ROI_HEADS")
     if not isinstance(heads, type) or not issubclass(heads, (StandardROIHeads, Res5ROIHeads)):
         return
     # Res5ROIHeads has its own box head (res5). "" is detectron2's unset default, which partial base configs
     # (e.g. configs/ablations/cpu/Base-Ablation-CPU.yaml) leave for the configs that inherit them to set.
     if issubclass(heads, StandardROIHeads) and m.ROI_BOX_HEAD.NAME:
-        _check_registered(m.ROI_BOX_HEAD.NAME, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY)
+        _check_registered(m.ROI_BOX_HEAD.NAME, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY, "ROI_BOX_HEAD")
     if m.MASK_ON:
-        _check_registered(m.ROI_MASK_HEAD.NAME, "MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY)
+        mask_head = _check_registered(m.ROI_MASK_HEAD.NAME, "MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY,
+                                      "ROI_MASK_HEAD")
+        _check_mlp_head_input_size(heads, mask_head)
     if m.KEYPOINT_ON:
-        _check_registered(m.ROI_KEYPOINT_HEAD.NAME, "MODEL.ROI_KEYPOINT_HEAD.NAME", ROI_KEYPOINT_HEAD_REGISTRY)
+        _check_registered(m.ROI_KEYPOINT_HEAD.NAME, "MODEL.ROI_KEYPOINT_HEAD.NAME", ROI_KEYPOINT_HEAD_REGISTRY,
+                          "ROI_KEYPOINT_HEAD")
 
 
-def check_maskrcnn_plugin_config(cfg):
-    """Raise ValueError naming the key and its valid values for any invalid plugin setting, and for component
-    names that are in no detectron2 registry (`check_registered_names`)."""
-    check_registered_names(cfg)
-    cfg = with_plugin_defaults(cfg)
-    ex = cfg.MODEL.ROI_EXTRACTOR
+def _check_mlp_head_input_size(heads, mask_head):
+    from detectron2.modeling.roi_heads import Res5ROIHeads
+
+    from .mask_head import MaskRCNNMLPHead
+    from .roi_heads import AblationRes5ROIHeads
+
+    # detectron2's Res5ROIHeads tells its mask head the pooler size (14), but res5 halves the features to 7x7
+    # first: an MLP head, whose first fc layer is sized by the input, would be built for the wrong size.
+    if (isinstance(mask_head, type) and issubclass(mask_head, MaskRCNNMLPHead) and issubclass(heads, Res5ROIHeads)
+            and not issubclass(heads, AblationRes5ROIHeads)):
+        raise ValueError(
+            f"MODEL.ROI_MASK_HEAD.NAME={mask_head.__name__!r} needs ROI heads that report the size of the RoI "
+            f"features it receives; MODEL.ROI_HEADS.NAME={heads.__name__!r} reports the pooler's, not res5's "
+            "output. Use MODEL.ROI_HEADS.NAME='AblationRes5ROIHeads' (the same C4 heads; it reports res5's size)."
+        )
+
+
+def check_roi_extractor(ex):
+    """Raise ValueError naming the key and its valid values for an invalid `MODEL.ROI_EXTRACTOR` node."""
     _check_choice(ex.METHOD, "MODEL.ROI_EXTRACTOR.METHOD", ROI_EXTRACTOR_METHODS)
     _check_choice(ex.AGGREGATION, "MODEL.ROI_EXTRACTOR.AGGREGATION", ROI_EXTRACTOR_AGGREGATIONS)
     if ex.METHOD == "RoIPool" and ex.AGGREGATION != "max":
@@ -150,8 +165,21 @@ def check_maskrcnn_plugin_config(cfg):
     if not isinstance(ex.SAMPLING_RATIO, int) or ex.SAMPLING_RATIO < 0:
         raise ValueError(f"MODEL.ROI_EXTRACTOR.SAMPLING_RATIO must be an int >= 0, got {ex.SAMPLING_RATIO!r}.")
     _check_choice(ex.ALIGNED, "MODEL.ROI_EXTRACTOR.ALIGNED", (True, False))
-    _check_choice(cfg.MODEL.ROI_MASK_HEAD.LOSS, "MODEL.ROI_MASK_HEAD.LOSS", MASK_LOSSES)
-    dims = cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS
+
+
+def check_maskrcnn_plugin_config(cfg):
+    """Raise ValueError naming the key and its valid values for any invalid plugin setting, and for component
+    names that are in no detectron2 registry (`check_registered_names`).
+
+    A config without the plugin's keys (a stock detectron2 config that only names our components) is valid:
+    the components then use their defaults, which are the keys' defaults.
+    """
+    check_registered_names(cfg)
+    if hasattr(cfg.MODEL, "ROI_EXTRACTOR"):
+        check_roi_extractor(cfg.MODEL.ROI_EXTRACTOR)
+    mask_head = cfg.MODEL.ROI_MASK_HEAD
+    _check_choice(mask_head.get("LOSS", "sigmoid"), "MODEL.ROI_MASK_HEAD.LOSS", MASK_LOSSES)
+    dims = mask_head.get("MLP_DIMS", [1])
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise ValueError(f"MODEL.ROI_MASK_HEAD.MLP_DIMS must be a list of positive ints, got {dims!r}.")
     skip = cfg.DATALOADER.get("SKIP_UNREADABLE_IMAGES", False)

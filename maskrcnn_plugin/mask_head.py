@@ -11,31 +11,35 @@ plus the two ablations that isolate its design choices:
   (``MaskRCNNMLPHead``).
 
 Both heads are registered in detectron2's ``ROI_MASK_HEAD_REGISTRY`` and work under detectron2's own
-``StandardROIHeads`` (FPN) and ``Res5ROIHeads`` (C4) via ``MODEL.ROI_MASK_HEAD.NAME``; the loss is chosen
+``StandardROIHeads`` (FPN) via ``MODEL.ROI_MASK_HEAD.NAME``, and on C4 under ``AblationRes5ROIHeads`` (the FCN
+head also under detectron2's ``Res5ROIHeads``, which reports the pooler's 14x14, not res5's 7x7 output that the
+MLP head's first fc layer must be sized for); the loss is chosen
 by ``MODEL.ROI_MASK_HEAD.LOSS`` and ``MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK`` works with every combination.
 At inference both losses yield, per detection, the probability map of the predicted class in
 ``instances.pred_masks`` (N, 1, m, m), exactly the format detectron2's ``mask_rcnn_inference`` produces, so
 detectron2's postprocessing pastes it into the image and thresholds it at 0.5.
 
-Channel layout of the logits (R RoIs, K foreground classes, m x m masks):
-  sigmoid: (R, K, m, m), or (R, 1, m, m) class-agnostic.
-  softmax: (R, K + 1, m, m), or (R, 2, m, m) class-agnostic; the background channel is the last one, as
-           in detectron2's box classifier, so channel k is class k for both losses.
+The losses and the inference are plain functions in mask_loss.py.
 """
 from typing import List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
-import torch
 from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
+from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
 
-from .config import MASK_LOSSES, with_plugin_defaults
+from .mask_loss import (  # noqa: F401  (the loss functions are part of this module's API too)
+    check_mask_loss,
+    mask_rcnn_plugin_inference,
+    mask_rcnn_plugin_loss,
+    mask_rcnn_sigmoid_loss,
+    mask_rcnn_softmax_loss,
+    num_mask_channels,
+)
 
 __all__ = [
     "MaskRCNNPluginBaseHead",
@@ -47,175 +51,6 @@ __all__ = [
     "mask_rcnn_plugin_inference",
     "num_mask_channels",
 ]
-
-
-def _check_loss(loss: str) -> None:
-    # Same wording as config.check_maskrcnn_plugin_config, so the message names the key to fix even when a
-    # head is built without a config.
-    if loss not in MASK_LOSSES:
-        raise ValueError(
-            f"Invalid config value MODEL.ROI_MASK_HEAD.LOSS={loss!r}; "
-            f"valid values: {', '.join(map(repr, MASK_LOSSES))}."
-        )
-
-
-def num_mask_channels(num_classes: int, loss: str) -> int:
-    """Channels the mask predictor must output for `num_classes` masks (1 if class-agnostic) under `loss`."""
-    _check_loss(loss)
-    # The softmax needs an explicit background channel to compete against; the sigmoid models background
-    # implicitly as "probability below 0.5".
-    return num_classes + 1 if loss == "softmax" else num_classes
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Targets and training statistics
-# ----------------------------------------------------------------------------------------------------------
-def _mask_targets(instances: List[Instances], mask_side_len: int, device, with_classes: bool):
-    """gt masks cropped to each RoI's proposal box and resized to m x m (detectron2's convention).
-
-    Returns (gt_masks bool (R, m, m), gt_classes int64 (R,) or None), or (None, None) if there are no RoIs.
-    """
-    gt_masks, gt_classes = [], []
-    for inst in instances:
-        if len(inst) == 0:
-            continue
-        if with_classes:
-            gt_classes.append(inst.gt_classes.to(dtype=torch.int64))
-        # Targets are defined on the proposal box (not the gt box): the mask head sees the proposal's
-        # features, so its target is the part of the gt mask that falls inside that box.
-        gt_masks.append(inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, mask_side_len).to(device))
-    if not gt_masks:
-        return None, None
-    masks = cat(gt_masks, dim=0)
-    # Polygon/bitmap rasterizers may return floats; binarize at 0.5 like detectron2.
-    masks = masks if masks.dtype == torch.bool else masks > 0.5
-    classes = cat(gt_classes, dim=0).to(device) if with_classes else None
-    return masks, classes
-
-
-def _log_mask_statistics(fg_prob: torch.Tensor, gt_masks: torch.Tensor, vis_period: int) -> None:
-    """Log accuracy / false positive / false negative rates of the gt class's mask at threshold 0.5."""
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        # No EventStorage outside a detectron2 trainer: the loss functions stay callable on their own
-        # (tests, benchmarks, notebooks) and simply skip logging.
-        return
-    with torch.no_grad():
-        incorrect = (fg_prob > 0.5) != gt_masks
-        num_pos = gt_masks.sum().item()
-        storage.put_scalar("mask_rcnn/accuracy", 1.0 - incorrect.sum().item() / max(incorrect.numel(), 1))
-        storage.put_scalar(
-            "mask_rcnn/false_positive",
-            (incorrect & ~gt_masks).sum().item() / max(gt_masks.numel() - num_pos, 1),
-        )
-        storage.put_scalar("mask_rcnn/false_negative", (incorrect & gt_masks).sum().item() / max(num_pos, 1))
-        if vis_period > 0 and storage.iter % vis_period == 0:
-            side_by_side = torch.cat([fg_prob, gt_masks.to(fg_prob.dtype)], dim=2)
-            for idx, vis in enumerate(side_by_side):
-                storage.put_image(f"Left: mask prediction;   Right: mask GT ({idx})", vis[None].repeat(3, 1, 1))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------------------
-def mask_rcnn_sigmoid_loss(pred_mask_logits: torch.Tensor, instances: List[Instances], vis_period: int = 0):
-    """The paper's L_mask: mean per-pixel binary cross-entropy of the sigmoid of the gt class's mask.
-
-    Args:
-        pred_mask_logits: (R, K, m, m) class-specific or (R, 1, m, m) class-agnostic logits, R = total number
-            of foreground RoIs over `instances`, in the same order.
-        instances: per image, the foreground RoIs with fields proposal_boxes, gt_classes, gt_masks.
-        vis_period: period (iterations) at which prediction/gt images are written to the event storage.
-
-    Only the gt class's channel enters the loss, so the other K-1 channels receive exactly zero gradient:
-    masks of different classes do not compete, which decouples mask and class prediction (Table 2b).
-    """
-    assert pred_mask_logits.size(2) == pred_mask_logits.size(3), "Mask prediction must be square!"
-    agnostic = pred_mask_logits.size(1) == 1
-    gt_masks, gt_classes = _mask_targets(
-        instances, pred_mask_logits.size(2), pred_mask_logits.device, with_classes=not agnostic
-    )
-    if gt_masks is None:
-        # Keeps the graph connected (DDP needs every parameter to receive a gradient) with a zero loss.
-        return pred_mask_logits.sum() * 0
-    if agnostic:
-        logits = pred_mask_logits[:, 0]
-    else:
-        logits = pred_mask_logits[torch.arange(gt_classes.numel(), device=gt_classes.device), gt_classes]
-    _log_mask_statistics(logits.detach().sigmoid(), gt_masks, vis_period)
-    return F.binary_cross_entropy_with_logits(logits, gt_masks.to(logits.dtype), reduction="mean")
-
-
-def mask_rcnn_softmax_loss(pred_mask_logits: torch.Tensor, instances: List[Instances], vis_period: int = 0):
-    """Multinomial mask loss (Table 2b's softmax baseline): per-pixel softmax over K classes + background.
-
-    Args:
-        pred_mask_logits: (R, K + 1, m, m) class-specific or (R, 2, m, m) class-agnostic logits; the last
-            channel is background.
-        instances, vis_period: as in :func:`mask_rcnn_sigmoid_loss`.
-
-    Each pixel's target is the RoI's gt class inside the gt mask and background outside, and the loss is
-    the mean cross-entropy over all pixels of all RoIs. Every channel enters the normalisation, so all
-    classes receive gradient and compete for each pixel. With class-agnostic masks this reduces to a
-    two-way foreground/background softmax.
-    """
-    assert pred_mask_logits.size(2) == pred_mask_logits.size(3), "Mask prediction must be square!"
-    num_channels = pred_mask_logits.size(1)
-    assert num_channels >= 2, "The softmax mask loss needs at least one class channel plus background."
-    agnostic = num_channels == 2
-    background = num_channels - 1
-    gt_masks, gt_classes = _mask_targets(
-        instances, pred_mask_logits.size(2), pred_mask_logits.device, with_classes=not agnostic
-    )
-    if gt_masks is None:
-        return pred_mask_logits.sum() * 0
-    if agnostic:
-        # With one foreground channel, every RoI's "class" is channel 0 (also correct when K == 1).
-        gt_classes = torch.zeros(gt_masks.size(0), dtype=torch.int64, device=gt_masks.device)
-    target = torch.where(gt_masks, gt_classes[:, None, None], background)
-    with torch.no_grad():
-        rois = torch.arange(gt_masks.size(0), device=gt_masks.device)
-        fg_prob = pred_mask_logits.softmax(dim=1)[rois, gt_classes]
-    _log_mask_statistics(fg_prob, gt_masks, vis_period)
-    return F.cross_entropy(pred_mask_logits, target, reduction="mean")
-
-
-def mask_rcnn_plugin_loss(
-    pred_mask_logits: torch.Tensor, instances: List[Instances], loss: str = "sigmoid", vis_period: int = 0
-):
-    """Mask loss selected by name ("sigmoid" or "softmax", MODEL.ROI_MASK_HEAD.LOSS)."""
-    _check_loss(loss)
-    fn = mask_rcnn_sigmoid_loss if loss == "sigmoid" else mask_rcnn_softmax_loss
-    return fn(pred_mask_logits, instances, vis_period)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Inference
-# ----------------------------------------------------------------------------------------------------------
-def mask_rcnn_plugin_inference(
-    pred_mask_logits: torch.Tensor, pred_instances: List[Instances], loss: str = "sigmoid"
-):
-    """Attach to each instance the probability mask of its predicted class as `pred_masks` (n, 1, m, m).
-
-    For "sigmoid" it is the sigmoid of that class's logits; for "softmax" the softmax probability of that
-    class's channel (background and other classes included in the normalisation). Class-agnostic heads use
-    their single foreground channel. The masks stay soft: pasting into the image and thresholding at 0.5 is
-    done by detectron2's detector_postprocess, as for its own heads.
-    """
-    _check_loss(loss)
-    num_fg = pred_mask_logits.size(1) - (1 if loss == "softmax" else 0)
-    if loss == "sigmoid":
-        probs = pred_mask_logits.sigmoid()
-    else:
-        probs = pred_mask_logits.softmax(dim=1)
-    if num_fg == 1:
-        mask_probs = probs[:, 0:1]
-    else:
-        class_pred = cat([i.pred_classes for i in pred_instances]).to(probs.device)
-        mask_probs = probs[torch.arange(probs.size(0), device=probs.device), class_pred][:, None]
-    for prob, inst in zip(mask_probs.split([len(i) for i in pred_instances], dim=0), pred_instances):
-        inst.pred_masks = prob
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +72,7 @@ class MaskRCNNPluginBaseHead(BaseMaskRCNNHead):
             vis_period: visualization period of predicted vs. gt masks (0 = off).
         """
         super().__init__(loss_weight=loss_weight, vis_period=vis_period)
-        _check_loss(loss)
+        check_mask_loss(loss)
         self.num_classes = num_classes
         self.loss = loss
         self.num_mask_channels = num_mask_channels(num_classes, loss)
@@ -245,11 +80,10 @@ class MaskRCNNPluginBaseHead(BaseMaskRCNNHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        cfg = with_plugin_defaults(cfg)  # a stock detectron2 config that only names our head
-        ret.update(
-            num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            loss=cfg.MODEL.ROI_MASK_HEAD.LOSS,
-        )
+        ret["num_classes"] = 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        loss = cfg.MODEL.ROI_MASK_HEAD.get("LOSS")  # absent in a stock detectron2 config: the default, sigmoid
+        if loss is not None:
+            ret["loss"] = loss
         return ret
 
     def forward(self, x, instances: List[Instances]):
@@ -330,25 +164,6 @@ class MaskRCNNFCNHead(MaskRCNNPluginBaseHead):
         return self.predictor(F.relu(self.deconv(x)))
 
 
-def _roi_feature_resolution(cfg, input_shape: ShapeSpec) -> int:
-    """Spatial size of the RoI feature the mask head actually receives.
-
-    detectron2's Res5ROIHeads reports the pooler resolution in the ShapeSpec, but its pooled features go
-    through res5 (first block has stride 2) before reaching the mask head: 14x14 pooling -> 7x7 features.
-    The FCN head does not care; the MLP head must know it to size its first fully connected layer.
-    """
-    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-
-    size = input_shape.height or cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-    try:
-        heads_cls = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
-    except KeyError:
-        return size
-    if isinstance(heads_cls, type) and issubclass(heads_cls, Res5ROIHeads):
-        size = (size + 1) // 2  # ceil: output size of the stride-2 res5 block
-    return size
-
-
 @ROI_MASK_HEAD_REGISTRY.register()
 class MaskRCNNMLPHead(MaskRCNNPluginBaseHead):
     """Fully connected mask head (Table 2e "MLP"): flatten -> fc layers (ReLU) -> fc to C x m x m -> reshape.
@@ -366,7 +181,7 @@ class MaskRCNNMLPHead(MaskRCNNPluginBaseHead):
         input_shape: ShapeSpec,
         *,
         num_classes: int,
-        fc_dims: Sequence[int],
+        fc_dims: Sequence[int] = (1024, 1024),
         mask_size: Optional[int] = None,
         **kwargs,
     ):
@@ -380,7 +195,8 @@ class MaskRCNNMLPHead(MaskRCNNPluginBaseHead):
             **kwargs: loss, loss_weight, vis_period (see MaskRCNNPluginBaseHead).
         """
         super().__init__(num_classes=num_classes, **kwargs)
-        assert input_shape.height and input_shape.width, "MaskRCNNMLPHead needs the input's height and width"
+        if not (input_shape.height and input_shape.width):
+            raise ValueError(f"MaskRCNNMLPHead needs the input's height and width, got {input_shape}.")
         self.input_numel = input_shape.channels * input_shape.height * input_shape.width
         self.mask_size = mask_size or 2 * input_shape.height
         self.fcs = nn.ModuleList()
@@ -396,12 +212,16 @@ class MaskRCNNMLPHead(MaskRCNNPluginBaseHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        side = _roi_feature_resolution(cfg, input_shape)
+        # The ROI heads report the size of the features this head receives: AblationRes5ROIHeads reports
+        # res5's output (7x7 for 14x14 pooling), where detectron2's Res5ROIHeads reports the pooler's.
+        side = input_shape.height or cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
         ret.update(
             input_shape=ShapeSpec(channels=input_shape.channels, height=side, width=side),
-            fc_dims=list(with_plugin_defaults(cfg).MODEL.ROI_MASK_HEAD.MLP_DIMS),
             mask_size=2 * side,
         )
+        dims = cfg.MODEL.ROI_MASK_HEAD.get("MLP_DIMS")  # absent in a stock detectron2 config: the default
+        if dims is not None:
+            ret["fc_dims"] = list(dims)
         return ret
 
     def layers(self, x):

@@ -44,7 +44,6 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch.nn import functional as F
 
-from detectron2.config import configurable
 from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -224,14 +223,9 @@ class GeneralizedRCNNFastPaste(GeneralizedRCNN):
 
     Select it with `MODEL.META_ARCHITECTURE: "GeneralizedRCNNFastPaste"`. Parameters, state-dict keys,
     training and the raw (`do_postprocess=False`) outputs are those of `GeneralizedRCNN`, so checkpoints load
-    into either. (detectron2 calls its postprocessing as `GeneralizedRCNN._postprocess(...)`, not through
+    into either. (detectron2 calls its postprocessing as a static method of `GeneralizedRCNN`, not through
     `self`, so `inference` is what has to be overridden.)
     """
-
-    @configurable
-    def __init__(self, *, fast_paste: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.fast_paste = fast_paste
 
     def inference(
         self,
@@ -242,14 +236,11 @@ class GeneralizedRCNNFastPaste(GeneralizedRCNN):
         results = super().inference(batched_inputs, detected_instances, do_postprocess=False)
         if not do_postprocess:
             return results
-        if not self.fast_paste:
-            sizes = [r.image_size for r in results]
-            return GeneralizedRCNN._postprocess(results, batched_inputs, sizes)
         return self.postprocess_fast(results, batched_inputs)
 
     @staticmethod
     def postprocess_fast(instances: List[Instances], batched_inputs: List[Dict[str, torch.Tensor]]):
-        """`GeneralizedRCNN._postprocess` with :func:`detector_postprocess_fast`. The raw results' image_size
+        """detectron2's postprocessing of `GeneralizedRCNN` with :func:`detector_postprocess_fast`. The raw results' image_size
         is the network input size of each image (what detectron2 passes as image_sizes)."""
         processed = []
         for results, inputs in zip(instances, batched_inputs):

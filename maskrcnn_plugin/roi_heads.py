@@ -10,8 +10,9 @@ Keypoints (paper Section 5, Tables 4 and 5): with `MODEL.KEYPOINT_ON`, alone or 
 any registered one (`MaskRCNNKeypointHead` in our configs, see keypoint_head.py). detectron2's Res5ROIHeads has
 no keypoint branch, so neither has `AblationRes5ROIHeads`.
 """
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
+from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads, build_mask_head
 
 from .poolers import AblationROIPooler
 
@@ -50,10 +51,26 @@ class AblationStandardROIHeads(StandardROIHeads):
 
 @ROI_HEADS_REGISTRY.register()
 class AblationRes5ROIHeads(Res5ROIHeads):
-    """Res5ROIHeads (C4) with `MODEL.ROI_EXTRACTOR` feature extraction; box and mask share the pooler."""
+    """Res5ROIHeads (C4) with `MODEL.ROI_EXTRACTOR` feature extraction; box and mask share the pooler.
+
+    Its mask head is told the size of the features it receives, res5's output (7x7 for the 14x14 pooling:
+    res5's first block has stride 2), where detectron2's Res5ROIHeads reports the pooler's size; a head that
+    depends on it (MaskRCNNMLPHead) needs these heads on C4.
+    """
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["pooler"] = _pooler_for(cfg, input_shape, ret["in_features"], cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
+        stock_cfg = cfg
+        if cfg.MODEL.MASK_ON:  # the mask head is built below, for the right input size
+            stock_cfg = cfg.clone()
+            stock_cfg.defrost()
+            stock_cfg.MODEL.MASK_ON = False
+        ret = super().from_config(stock_cfg, input_shape)
+        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        ret["pooler"] = _pooler_for(cfg, input_shape, ret["in_features"], resolution)
+        if cfg.MODEL.MASK_ON:
+            # built last, as detectron2 does, so the random initialisation of every module is unchanged
+            side = (resolution + 1) // 2
+            channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # res5 outputs 8x the channels of res2
+            ret["mask_head"] = build_mask_head(cfg, ShapeSpec(channels=channels, height=side, width=side))
         return ret

@@ -23,6 +23,12 @@ pip=("$py" -m pip --disable-pip-version-check)
 if "$py" -c "import detectron2" 2>/dev/null; then
   echo "[setup] keeping the detectron2 already installed: $("$py" -c 'import detectron2,os;print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
   "${pip[@]}" install -r requirements/dev.txt
+  # detectron2's model_zoo (0.6 to current main) imports pkg_resources, which setuptools >= 81 (pulled in by
+  # current torch) no longer has; an older setuptools brings it back without touching detectron2 or torch.
+  if ! "$py" -c "import pkg_resources" 2>/dev/null; then
+    echo "[setup] pkg_resources is missing (detectron2.model_zoo needs it): installing setuptools<81"
+    "${pip[@]}" install "setuptools<81"
+  fi
 else
   "${pip[@]}" install -r requirements/torch.txt
   "${pip[@]}" install -c requirements/constraints.txt "setuptools<81" wheel -r requirements/dev.txt
@@ -52,4 +58,4 @@ echo "[setup] installing maskrcnn_plugin (editable)"
 # fails the operators fall back to their pure-PyTorch path, so a warning is enough here.
 "${pip[@]}" install ninja
 "$py" -m maskrcnn_plugin.layers._ext || echo "[setup] WARNING: C++ RoI kernels not built; the pure-PyTorch path will be used"
-"$py" -c "import detectron2.modeling, maskrcnn_plugin; print('[setup] ok: detectron2', detectron2.__version__)"
+"$py" -W ignore -c "import detectron2.modeling, detectron2.model_zoo, maskrcnn_plugin; print('[setup] ok: detectron2', detectron2.__version__)"

@@ -20,7 +20,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
@@ -78,8 +77,7 @@ def _unregister(name):
 
 def _cfg(tmp_path, train_name=None, *opts):
     """The default CPU model (configs/shapes/mask_rcnn_R18_FPN_shapes.yaml) at test_train_net's tiny size."""
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     cfg.merge_from_file(DEFAULT_CONFIG)
     cfg.merge_from_list(tiny_opts(tmp_path) + list(opts))
     if train_name:
@@ -416,8 +414,7 @@ def test_unknown_registry_name_fails_when_our_heads_are_built(tmp_path):
 def test_unknown_config_key_in_yaml_names_the_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(f'_BASE_: "{DEFAULT_CONFIG}"\nMODEL:\n  ROI_EXTRACTOR:\n    SAMPLNG_RATIO: 2\n')
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     with pytest.raises(KeyError, match="MODEL.ROI_EXTRACTOR.SAMPLNG_RATIO"):
         cfg.merge_from_file(str(path))
 

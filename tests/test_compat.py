@@ -14,3 +14,49 @@ def test_tracing_adapter_class_loads_and_leaves_detectron2_export_alone():
     cls = tracing_adapter_class()
     assert cls.__name__ == "TracingAdapter" and hasattr(cls, "outputs_schema")
     assert ("detectron2.export" in sys.modules) == importable
+
+
+def _single_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", world_size=1, rank=0)
+
+
+def test_create_local_process_group_gives_detectron2_a_local_rank(tmp_path):
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    from maskrcnn_plugin.compat import create_local_process_group
+
+    _single_process_group(tmp_path)
+    try:
+        create_local_process_group(num_machines=1, per_machine=1, machine_rank=0)
+        assert comm.get_local_rank() == 0 and comm.get_local_size() == 1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_trainer_built_without_device_ids_trains_and_keeps_its_last_evaluation(tmp_path):
+    # The steps of DefaultTrainer.__init__ that train_net.Trainer runs for gloo processes (here one process in
+    # a process group: the 2-process run is tests/test_distributed.py), then the final evaluation's results.
+    import argparse
+    import os
+
+    from test_train_net import DEFAULT_CONFIG, REPO, tiny_opts
+
+    sys.path.insert(0, REPO)
+    import train_net
+
+    from maskrcnn_plugin.compat import init_default_trainer_without_device_ids, last_eval_results
+
+    args = argparse.Namespace(config_file=DEFAULT_CONFIG, opts=tiny_opts(tmp_path, max_iter=2), resume=False,
+                              eval_only=False)
+    cfg = train_net.setup(args)
+    trainer = train_net.Trainer.__new__(train_net.Trainer)
+    init_default_trainer_without_device_ids(trainer, cfg)
+    assert trainer.max_iter == 2 and trainer.scheduler is not None and trainer.cfg is cfg
+    assert last_eval_results(trainer) is None
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    assert set(last_eval_results(trainer)) == {"bbox", "segm"}

@@ -16,14 +16,12 @@ import demo  # noqa: E402
 def random_weights(tmp_path_factory):
     """A checkpoint of the default model with random weights (what is drawn does not matter here)."""
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import maskrcnn_plugin
 
     tmp = tmp_path_factory.mktemp("weights")
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     cfg.merge_from_file(DEFAULT_CONFIG)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp)).save("random")
     return str(tmp / "random.pth")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, build_mask_head
@@ -19,7 +18,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import maskrcnn_plugin.mask_head as mh
-from maskrcnn_plugin.config import add_maskrcnn_plugin_config
+from maskrcnn_plugin.config import get_plugin_cfg
 
 HEADS = ("MaskRCNNFCNHead", "MaskRCNNMLPHead")
 LOSSES = ("sigmoid", "softmax")
@@ -32,8 +31,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # helpers
 # ----------------------------------------------------------------------------------------------------------
 def _cfg(head="MaskRCNNFCNHead", loss="sigmoid", agnostic=False, num_classes=3, zoo=None):
-    cfg = get_cfg()
-    add_maskrcnn_plugin_config(cfg)
+    cfg = get_plugin_cfg()
     if zoo:
         cfg.merge_from_file(model_zoo.get_config_file(zoo))
     cfg.MODEL.ROI_MASK_HEAD.NAME = head
@@ -214,8 +212,8 @@ def test_invalid_loss_raises_value_error_naming_the_key():
 SETTINGS = {
     # StandardROIHeads + FPN: 14x14 RoIAlign on 256-channel FPN levels.
     "fpn": ("StandardROIHeads", ShapeSpec(channels=256, height=14, width=14), 14, 28),
-    # Res5ROIHeads + C4: the ShapeSpec says 14 (the pooler) but res5 halves it to 7x7 x 2048.
-    "c4": ("Res5ROIHeads", ShapeSpec(channels=2048, height=14, width=14), 7, 14),
+    # AblationRes5ROIHeads + C4: 14x14 pooling, halved to 7x7 x 2048 by res5, which is the size it reports.
+    "c4": ("AblationRes5ROIHeads", ShapeSpec(channels=2048, height=7, width=7), 7, 14),
 }
 
 
@@ -282,20 +280,40 @@ def test_mlp_parameter_count_closed_form(dims, loss_name):
 
 
 @pytest.mark.parametrize(
-    "roi_heads,side",
-    [("StandardROIHeads", 14), ("Res5ROIHeads", 7), ("AblationStandardROIHeads", 14), ("AblationRes5ROIHeads", 7)],
+    "roi_heads,side", [("StandardROIHeads", 14), ("AblationStandardROIHeads", 14), ("AblationRes5ROIHeads", 7)]
 )
-def test_mlp_input_side_follows_roi_heads(roi_heads, side):
-    # Res5ROIHeads (and subclasses) announce the 14x14 pooler size but run res5 (stride 2) before the head.
-    from detectron2.modeling import ROI_HEADS_REGISTRY
+def test_mlp_input_side_is_what_the_roi_heads_report(roi_heads, side):
+    # AblationRes5ROIHeads pools 14x14 and runs res5 (stride 2) before the mask head: it reports 7x7.
+    from detectron2.modeling.roi_heads import build_roi_heads
 
-    if roi_heads not in ROI_HEADS_REGISTRY:
-        pytest.skip(f"{roi_heads} is not registered")
     cfg = _cfg("MaskRCNNMLPHead")
+    cfg.MODEL.MASK_ON = True
     cfg.MODEL.ROI_HEADS.NAME = roi_heads
     cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS = [4]
-    head = build_mask_head(cfg, ShapeSpec(channels=8, height=14, width=14))
-    assert head.input_numel == 8 * side * side and head.mask_size == 2 * side
+    if roi_heads == "AblationRes5ROIHeads":
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 16, 4
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+        shapes, channels = {"res4": ShapeSpec(channels=64, stride=16)}, 16 * 8  # res5: 8 x res2's channels
+    else:
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 8
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        shapes, channels = {f"p{i}": ShapeSpec(channels=8, stride=2 ** i) for i in range(2, 6)}, 8
+    head = build_roi_heads(cfg, shapes).mask_head
+    assert head.input_numel == channels * side * side and head.mask_size == 2 * side
+
+
+def test_mlp_under_detectron2_res5_heads_is_rejected_naming_the_key():
+    # detectron2's Res5ROIHeads reports the pooler's 14x14, not the 7x7 its mask head receives.
+    from maskrcnn_plugin.config import check_maskrcnn_plugin_config
+
+    cfg = _cfg("MaskRCNNMLPHead")
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    with pytest.raises(ValueError, match=r"MODEL\.ROI_HEADS\.NAME='Res5ROIHeads'.*AblationRes5ROIHeads"):
+        check_maskrcnn_plugin_config(cfg)
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNFCNHead"  # the FCN head does not depend on the input size
+    check_maskrcnn_plugin_config(cfg)
 
 
 def test_mlp_rejects_wrong_input_size():
@@ -387,16 +405,19 @@ def _synthetic_batch(size=64):
     return batch
 
 
-# Every head x loss under both of detectron2's ROI heads; class-specific masks on FPN, class-agnostic on C4
-# (the shape tests cover the remaining combinations without a whole detector).
+# Every head x loss in a whole detector: FPN under detectron2's StandardROIHeads with class-specific masks, C4
+# under AblationRes5ROIHeads (the MLP head needs it there) with class-agnostic masks (the shape tests cover the
+# remaining combinations without a whole detector).
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch,agnostic", [("fpn", False), ("c4", True)])
 def test_zoo_model_trains_and_predicts(arch, agnostic, head, loss_name):
     torch.manual_seed(0)
     cfg = _tiny_zoo_cfg(arch, head, loss_name, agnostic)
+    if arch == "c4":
+        cfg.MODEL.ROI_HEADS.NAME = "AblationRes5ROIHeads"
     model = build_model(cfg)
-    assert type(model.roi_heads).__name__ == ("StandardROIHeads" if arch == "fpn" else "Res5ROIHeads")
+    assert type(model.roi_heads).__name__ == ("StandardROIHeads" if arch == "fpn" else "AblationRes5ROIHeads")
     assert type(model.roi_heads.mask_head).__name__ == head
     batch = _synthetic_batch()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -188,3 +188,20 @@ def test_stock_config_builds_our_mask_heads_by_name_only(head):
     model = build_model(cfg)
     assert type(model.roi_heads.mask_head).__name__ == head
     assert model.roi_heads.mask_head.loss == "sigmoid"
+
+
+def test_component_defaults_are_the_config_defaults():
+    # A stock detectron2 config that only names our components gets the constructors' defaults, which must
+    # be what add_maskrcnn_plugin_config would have set.
+    import inspect
+
+    from maskrcnn_plugin.mask_head import MaskRCNNMLPHead, MaskRCNNPluginBaseHead
+
+    cfg = maskrcnn_plugin.get_plugin_cfg()
+    pooler = inspect.signature(AblationROIPooler.__init__).parameters
+    ex = cfg.MODEL.ROI_EXTRACTOR
+    assert (pooler["method"].default, pooler["aggregation"].default, pooler["sampling_ratio"].default,
+            pooler["aligned"].default) == (ex.METHOD, ex.AGGREGATION, ex.SAMPLING_RATIO, ex.ALIGNED)
+    assert inspect.signature(MaskRCNNPluginBaseHead.__init__).parameters["loss"].default == cfg.MODEL.ROI_MASK_HEAD.LOSS
+    fc_dims = inspect.signature(MaskRCNNMLPHead.__init__).parameters["fc_dims"].default
+    assert list(fc_dims) == cfg.MODEL.ROI_MASK_HEAD.MLP_DIMS

@@ -75,13 +75,11 @@ def test_default_cpu_model_full_run(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"not a png at all", None])
 def test_corrupt_or_missing_image_error_names_the_file(tmp_path, content):
-    from detectron2.config import get_cfg
 
     import maskrcnn_plugin
     from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
 
-    cfg = get_cfg()
-    maskrcnn_plugin.add_maskrcnn_plugin_config(cfg)
+    cfg = maskrcnn_plugin.get_plugin_cfg()
     cfg.merge_from_file(DEFAULT_CONFIG)
     path = tmp_path / "broken.png"
     if content is not None:
