@@ -82,6 +82,7 @@ from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import maskrcnn_plugin  # noqa: E402
+from maskrcnn_plugin import compat  # noqa: E402
 from maskrcnn_plugin.data.shapes import render_image, shapes_params  # noqa: E402
 from maskrcnn_plugin.layers import _ext  # noqa: E402
 from maskrcnn_plugin.paste import detector_postprocess_fast, paste_masks_in_image_fast  # noqa: E402,F401
@@ -351,7 +352,7 @@ def d2_staged(model, timer, inputs, paste_variants=None):
     t2 = time.perf_counter()
     proposals, _ = model.proposal_generator(images, features, None)
     t3 = time.perf_counter()
-    instances = model.roi_heads._forward_box(features, proposals)
+    instances = compat.box_inference(model.roi_heads, features, proposals)
     t4 = time.perf_counter()
     instances = model.roi_heads.forward_with_given_boxes(features, instances)
     t5 = time.perf_counter()

@@ -16,6 +16,8 @@ __all__ = [
     "create_local_process_group",
     "init_default_trainer_without_device_ids",
     "last_eval_results",
+    "box_inference",
+    "has_fast_coco_eval",
 ]
 
 
@@ -97,3 +99,27 @@ def last_eval_results(trainer):
     ``TEST.EXPECTED_RESULTS`` is set; otherwise they are only in the private ``_last_eval_results``.
     """
     return getattr(trainer, "_last_eval_results", None)
+
+
+def box_inference(roi_heads, features, proposals):
+    """The detections of a StandardROIHeads' box branch alone, in eval mode (the first stage of its inference,
+    before ``forward_with_given_boxes`` adds masks / keypoints): for timing the stages separately.
+
+    Every detectron2 version to date: StandardROIHeads has it only as the private ``_forward_box``.
+    """
+    return roi_heads._forward_box(features, proposals)
+
+
+def has_fast_coco_eval():
+    """True when detectron2's compiled COCO evaluator (``COCOEvaluator(use_fast_impl=True)``) can run.
+
+    Every detectron2 version: the evaluator is in the compiled extension ``detectron2._C``, which a Python-only
+    build (ours of 0.6, scripts/detectron2_pyonly/) lacks; there it raises ImportError on first use only.
+    """
+    try:
+        from detectron2 import _C
+
+        _C.COCOevalAccumulate  # noqa: B018  (the Python-only build raises ImportError here)
+        return True
+    except (ImportError, AttributeError):
+        return False

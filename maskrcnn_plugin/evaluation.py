@@ -14,18 +14,8 @@ from detectron2.utils import comm
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from .compat import has_fast_coco_eval
 from .data import prepare_dataset
-
-
-def has_fast_coco_eval():
-    """True when detectron2's compiled COCO evaluator can be used."""
-    try:
-        from detectron2 import _C
-
-        _C.COCOevalAccumulate  # noqa: B018  (the Python-only build raises ImportError here)
-        return True
-    except (ImportError, AttributeError):
-        return False
 
 
 class PredictionVisualizer(DatasetEvaluator):

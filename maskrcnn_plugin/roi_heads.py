@@ -34,19 +34,12 @@ class AblationStandardROIHeads(StandardROIHeads):
     """StandardROIHeads with `MODEL.ROI_EXTRACTOR` feature extraction for every branch."""
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        return _swap_pooler(cfg, input_shape, ret, "box", cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
-
-    @classmethod
-    def _init_mask_head(cls, cfg, input_shape):
-        ret = super()._init_mask_head(cfg, input_shape)
-        return _swap_pooler(cfg, input_shape, ret, "mask", cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
-
-    @classmethod
-    def _init_keypoint_head(cls, cfg, input_shape):
-        ret = super()._init_keypoint_head(cfg, input_shape)
-        return _swap_pooler(cfg, input_shape, ret, "keypoint", cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION)
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        _swap_pooler(cfg, input_shape, ret, "box", cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
+        _swap_pooler(cfg, input_shape, ret, "mask", cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
+        _swap_pooler(cfg, input_shape, ret, "keypoint", cfg.MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION)
+        return ret
 
 
 @ROI_HEADS_REGISTRY.register()

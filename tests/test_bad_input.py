@@ -403,11 +403,21 @@ def test_registry_check_only_checks_names_the_model_uses(tmp_path):
         check_maskrcnn_plugin_config(_cfg(tmp_path, None, *opts))
 
 
-def test_unknown_registry_name_fails_when_our_heads_are_built(tmp_path):
-    # Our poolers run the check, before detectron2 would look up the mask head by name.
-    cfg = _cfg(tmp_path, None, "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNFCNHeed")
+def test_unknown_registry_name_fails_in_train_net_setup_before_anything_is_built(tmp_path):
+    # train_net.py validates the merged config once (check_maskrcnn_plugin_config), before the model is built.
+    import argparse
+    import sys
+
+    from test_train_net import REPO
+
+    sys.path.insert(0, REPO)
+    import train_net
+
+    args = argparse.Namespace(config_file=DEFAULT_CONFIG, resume=False, eval_only=False,
+                              opts=tiny_opts(tmp_path) + ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNFCNHeed"])
     with pytest.raises(ValueError, match="MODEL.ROI_MASK_HEAD.NAME='MaskRCNNFCNHeed'.*'MaskRCNNFCNHead'"):
-        build_model(cfg)
+        train_net.load_cfg(args)
+    assert not (tmp_path / "out").exists()
 
 
 # Unknown keys from the command line: test_roi_heads.py::test_unknown_config_key_names_the_key. From a file:

@@ -60,3 +60,37 @@ def test_trainer_built_without_device_ids_trains_and_keeps_its_last_evaluation(t
     trainer.train()
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     assert set(last_eval_results(trainer)) == {"bbox", "segm"}
+
+
+def test_box_inference_is_the_first_stage_of_roi_heads_inference():
+    import torch
+    from detectron2 import model_zoo
+    from detectron2.modeling import build_model
+
+    import maskrcnn_plugin
+    from maskrcnn_plugin.compat import box_inference
+
+    cfg = maskrcnn_plugin.get_plugin_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH = "cpu", "", 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 64, 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(3, 64, 96) * 255, "height": 64, "width": 96}]
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+        boxes = box_inference(model.roi_heads, features, proposals)
+        full, _ = model.roi_heads(images, features, proposals)
+    assert torch.equal(boxes[0].pred_boxes.tensor, full[0].pred_boxes.tensor)
+    assert full[0].has("pred_masks") and not boxes[0].has("pred_masks")
+
+
+def test_has_fast_coco_eval_matches_the_installed_build():
+    import importlib.util
+
+    from maskrcnn_plugin.compat import has_fast_coco_eval
+
+    python_only = importlib.util.find_spec("detectron2._C").origin.endswith("_C.py")
+    assert has_fast_coco_eval() is not python_only
