@@ -83,7 +83,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import maskrcnn_plugin  # noqa: E402
 from maskrcnn_plugin import compat  # noqa: E402
-from maskrcnn_plugin.data.shapes import render_image, shapes_params  # noqa: E402
+from maskrcnn_plugin.data.shapes import shapes_params  # noqa: E402
+from maskrcnn_plugin.data.shapes_render import render_image  # noqa: E402
 from maskrcnn_plugin.layers import _ext  # noqa: E402
 from maskrcnn_plugin.paste import detector_postprocess_fast, paste_masks_in_image_fast  # noqa: E402,F401
 

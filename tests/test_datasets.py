@@ -1,4 +1,4 @@
-"""Tests of dataset registration (maskrcnn_plugin/data/datasets.py) and checked COCO json loading."""
+"""Tests of dataset registration (maskrcnn_plugin/data/builtin.py) and checked COCO json loading (coco_json.py)."""
 import json
 import logging
 import os
@@ -10,8 +10,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 import maskrcnn_plugin.data as data
-from maskrcnn_plugin.data import datasets as ds
-from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES, SOLID_SHAPE_CLASSES
+from maskrcnn_plugin.data import builtin as ds
+from maskrcnn_plugin.data.person_keypoints import PERSON_KEYPOINT_NAMES
+from maskrcnn_plugin.data.shapes import SHAPE_CLASSES, SOLID_SHAPE_CLASSES
 
 
 @pytest.fixture
@@ -82,6 +83,29 @@ def test_register_shapes_and_load_detectron2_dicts(tmp_path):
             assert m.shape == (128, 128) and m.sum() > 0
     assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(len(SHAPE_CLASSES))}
     _unregister(name)
+
+
+def test_loading_generates_through_prepare_dataset(tmp_path, monkeypatch):
+    """Loading a shapes dataset generates it with prepare_dataset, the one generator (evaluators call it too)."""
+    name = "test_shapes_prepare"
+    _unregister(name)
+    calls = []
+    real = ds.prepare_dataset
+
+    def recording(n):
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(ds, "prepare_dataset", recording)
+    data.register_shapes(name, seed=5, num_images=2, image_size=64, root=str(tmp_path))
+    json_file = MetadataCatalog.get(name).json_file
+    assert not os.path.exists(json_file)
+    try:
+        assert len(DatasetCatalog.get(name)) == 2
+        assert calls == [name] and os.path.isfile(json_file)
+        assert data.prepare_dataset(name) == json_file  # already there: reused
+    finally:
+        _unregister(name)
 
 
 def test_dataset_mapper_bitmask(tmp_path):

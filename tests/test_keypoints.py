@@ -23,8 +23,8 @@ from detectron2.structures import BoxMode, Boxes, Instances, Keypoints
 
 import maskrcnn_plugin.data as data
 from maskrcnn_plugin.ablations import arm_config_path, load_arm_cfg
-from maskrcnn_plugin.data import datasets as ds
-from maskrcnn_plugin.data.shapes import (
+from maskrcnn_plugin.data import builtin as ds
+from maskrcnn_plugin.data.person_keypoints import (
     PERSON_KEYPOINT_CONNECTION_RULES, PERSON_KEYPOINT_FLIP_MAP, PERSON_KEYPOINT_NAMES, PERSON_KEYPOINT_OKS_SIGMAS,
 )
 

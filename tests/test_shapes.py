@@ -1,5 +1,6 @@
-"""Tests of the shapes generator (maskrcnn_plugin/data/shapes.py): determinism, atomic writes, COCO validity,
-mask/box consistency, scale/count sanity and person keypoints."""
+"""Tests of the shapes generator (maskrcnn_plugin/data/shapes.py, shapes_geometry.py, shapes_render.py,
+person_keypoints.py): determinism, atomic writes, COCO validity, mask/box consistency, scale/count sanity
+and person keypoints."""
 import contextlib
 import io
 import json
@@ -11,8 +12,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrcnn_plugin.data import shapes
-from maskrcnn_plugin.data.shapes import PERSON_KEYPOINT_NAMES, SHAPE_CLASSES, SOLID_SHAPE_CLASSES, generate_shapes
+from maskrcnn_plugin.data import person_keypoints, shapes, shapes_geometry
+from maskrcnn_plugin.data.person_keypoints import PERSON_KEYPOINT_NAMES
+from maskrcnn_plugin.data.shapes import SHAPE_CLASSES, SOLID_SHAPE_CLASSES, generate_shapes
 
 SIZE = 256
 
@@ -119,10 +121,10 @@ def test_solid_classes_are_convex_and_default_ones_are_not():
     rng = np.random.default_rng(0)
     for cat in SOLID_SHAPE_CLASSES:
         for _ in range(20):
-            mask, _, _ = shapes._rasterize(shapes._SHAPE_FNS[cat](rng, rng.uniform(32, 200)), 0.0, 0.0)
+            mask, _, _ = shapes_geometry.rasterize(shapes_geometry.SHAPE_FNS[cat](rng, rng.uniform(32, 200)), 0.0, 0.0)
             assert mask.sum() > 0.3 * mask.size and _runs_contiguous(mask), cat
     for cat in ("ring", "crescent", "star", "cross"):  # holes, horns, spikes, bars
-        masks = [shapes._rasterize(shapes._SHAPE_FNS[cat](rng, 120.0), 0.0, 0.0)[0] for _ in range(20)]
+        masks = [shapes_geometry.rasterize(shapes_geometry.SHAPE_FNS[cat](rng, 120.0), 0.0, 0.0)[0] for _ in range(20)]
         assert not all(_runs_contiguous(m) for m in masks), cat
     params = shapes.shapes_params(0, 1, classes=SOLID_SHAPE_CLASSES, max_distractors=0)
     _, instances = shapes.render_image(np.random.default_rng(0), params)
@@ -241,5 +243,5 @@ def test_left_is_viewer_right_for_upright_persons():
     li, ri = PERSON_KEYPOINT_NAMES.index("left_shoulder"), PERSON_KEYPOINT_NAMES.index("right_shoulder")
     hl, hr = PERSON_KEYPOINT_NAMES.index("left_hip"), PERSON_KEYPOINT_NAMES.index("right_hip")
     for _ in range(50):
-        _, kps = shapes._person(rng, 100.0)
+        _, kps = person_keypoints.person_figure(rng, 100.0)
         assert kps[li, 0] > kps[ri, 0] and kps[hl, 0] > kps[hr, 0]

@@ -3,7 +3,7 @@
 pycocotools trusts its input: a polygon with a NaN coordinate is rasterised along a path of ~2**31 pixels (the
 process grows until the kernel kills it), and a compressed RLE whose run lengths do not add up to the image
 overruns the buffer it is decoded into. Each function here says whether one field is well-formed, and why not,
-without allocating more than the field itself; `maskrcnn_plugin.data.datasets.load_coco_json_checked` drops
+without allocating more than the field itself; `maskrcnn_plugin.data.coco_json.load_coco_json_checked` drops
 and counts what fails.
 """
 import math
