@@ -149,6 +149,18 @@ def test_table_data_files():
     assert set(os.listdir(NOTES_DIR)) == used
 
 
+def test_the_plugin_never_imports_the_harness():
+    """The dependency runs one way: ablations/ uses maskrcnn_plugin, no component imports ablations/."""
+    import ast
+
+    offenders = []
+    for path in glob.glob(os.path.join(REPO, "maskrcnn_plugin", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [(os.path.relpath(path, REPO), n) for n in names if n.split(".")[0] == "ablations"]
+    assert not offenders
+
 def test_a_typo_in_a_table_file_is_an_error(tmp_path):
     from ablations.tables import load_table
 
