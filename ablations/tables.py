@@ -137,16 +137,16 @@ def _report_order(path):
 
 def load_tables(tables_dir=TABLES_DIR, notes_dir=NOTES_DIR):
     """(TABLES, PAPER_TABLES, PAPER_GAINS) from every ``<key>.yaml`` in `tables_dir`."""
-    tables, paper_tables, paper_gains = {}, {}, {}
+    tables, papers, gains = {}, {}, {}
     paths = [os.path.join(tables_dir, n) for n in os.listdir(tables_dir) if n.endswith(".yaml")]
     for path in sorted(paths, key=_report_order):
         table, paper = load_table(path, notes_dir)
         tables[table.key] = table
         if paper is not None:
-            paper_tables[table.key] = {"title": paper["title"], "rows": paper["rows"]}
+            papers[table.key] = {"title": paper["title"], "rows": paper["rows"]}
             if "gains" in paper:
-                paper_gains[table.key] = paper["gains"]
-    return tables, paper_tables, paper_gains
+                gains[table.key] = paper["gains"]
+    return tables, papers, gains
 
 
 TABLES, PAPER_TABLES, PAPER_GAINS = load_tables()
