@@ -116,10 +116,10 @@ def main(args):
 
 
 if __name__ == "__main__":
-    from maskrcnn_plugin.ablations import add_ablation_arguments, run_ablation_from_args
+    from ablations.cli import add_ablation_arguments, run_ablation_from_args
 
     # --ablation <table> [--scale cpu|coco] [--seeds ...] [--eval-only]: run a paper ablation table (every
-    # arm+seed as its own train_net.py subprocess) and rebuild docs/ablations.md; see maskrcnn_plugin/ablations.py.
+    # arm+seed as its own train_net.py subprocess) and rebuild docs/ablations.md; see ablations/ (beside this file).
     args = add_ablation_arguments(default_argument_parser()).parse_args()
     if args.ablation:
         raise SystemExit(run_ablation_from_args(args))

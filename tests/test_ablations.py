@@ -1,4 +1,4 @@
-"""The ablation runner (maskrcnn_plugin/ablations.py), its configs and the paper numbers.
+"""The ablation harness (the ablations package beside train_net.py), its configs and the paper numbers.
 
 Fast: the runner is exercised on a fake 2-arm table with a fake train_net subprocess that writes the files a
 real run writes (eval_results.json, coco_instances_results.json, model_final.pth); one test runs a real
@@ -14,12 +14,16 @@ import sys
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import yaml
 
-from maskrcnn_plugin import ablations
-from maskrcnn_plugin.ablations import (
-    IOU_THRESHOLDS, TABLES, AblationTable, Arm, ap_per_iou, arm_config_path, load_arm_cfg, result_path,
-)
-from maskrcnn_plugin.paper_tables import PAPER_GAINS, PAPER_TABLES
+from ablations import records
+from ablations.cli import add_ablation_arguments, run_ablation_from_args, split_seeds_and_opts
+from ablations.metrics import IOU_THRESHOLDS, ap_per_iou, final_train_loss
+from ablations.paths import arm_config_path, arm_output_dir
+from ablations.records import SHARED_RUN, failure_path, git_commit, load_arm_cfg, load_results, result_path
+from ablations.report import write_report
+from ablations.runner import CONFIG_STAMP, run_arm, run_table
+from ablations.tables import PAPER_GAINS, PAPER_TABLES, TABLES, AblationTable, Arm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_MD = os.path.join(os.path.dirname(REPO), "shared", "reference", "paper_tables.md")
@@ -39,7 +43,7 @@ def tiny_opts(tmp_path, max_iter=2):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Paper numbers: paper_tables.py against the reference md file
+# Paper numbers: ablations/tables/*.yaml against the reference md file
 # ------------------------------------------------------------------------------------------------------------
 def _md_tables(text):
     """{'2a': [ {header: cell} ... ], ...} for the '### 2x.' sections of paper_tables.md."""
@@ -92,7 +96,7 @@ _KP_MD_COL = {"kp_AP": "AP kp", "kp_AP50": "AP50", "kp_AP75": "AP75", "kp_APm": 
 
 @pytest.mark.skipif(not os.path.isfile(PAPER_MD), reason="shared/reference/paper_tables.md not present")
 def test_keypoint_paper_tables_match_reference_md():
-    """Tables 4 and 5 (keypoint AP, APM, APL) of paper_tables.py against the md file, row by row."""
+    """Tables 4 and 5 (keypoint AP, APM, APL) of ablations/tables/ against the md file, row by row."""
     text = open(PAPER_MD, encoding="utf-8").read()
     for table in ("4", "5"):
         m = re.search(rf"^## Table {table} —(.*?)(?=^## )", text, flags=re.S | re.M)
@@ -119,6 +123,54 @@ def test_every_paper_row_named_by_an_arm_exists():
                     assert tab.key == "4" and arm.name.startswith("r101"), (tab.key, scale, arm)
                     continue
                 assert arm.paper_row in PAPER_TABLES[tab.paper_key]["rows"], (tab.key, scale, arm)
+
+
+def test_table_data_files():
+    """ablations/tables/<key>.yaml: `same_as: cpu` gives the COCO scale the CPU arms, baseline and ablated keys
+    (not the note), with the labels the data overrides; every note file is used; a typo in a field fails."""
+    from ablations.tables import NOTES_DIR
+
+    for key in ("2b", "2c", "2e"):
+        tab = TABLES[key]
+        assert [a.name for a in tab.arms["coco"]] == [a.name for a in tab.arms["cpu"]]
+        assert tab.baseline["coco"] == tab.baseline["cpu"] and tab.ablated_keys["coco"] == tab.ablated_keys["cpu"]
+        assert "coco" not in tab.notes
+    labels = {s: {a.name: a.label for a in TABLES["2e"].arms[s]} for s in ("cpu", "coco")}
+    assert labels["cpu"]["fcn"] == "FCN, 4 conv 128" and labels["coco"]["fcn"] == "FCN, 4 conv 256"
+    assert {k: v for k, v in labels["coco"].items() if k != "fcn"} == {k: v for k, v in labels["cpu"].items()
+                                                                       if k != "fcn"}
+    assert TABLES["4"].notes["cpu"].startswith("R-18-FPN (FPN width 128") and "\n" not in TABLES["4"].notes["cpu"]
+    used = {"cpu_common.md", "coco_common.md", "README.md"}
+    tables_dir = os.path.join(REPO, "ablations", "tables")
+    for name in os.listdir(tables_dir):
+        if name.endswith(".yaml"):
+            for spec in yaml.safe_load(open(os.path.join(tables_dir, name)))["scales"].values():
+                used.update(spec.get("note", []))
+    assert set(os.listdir(NOTES_DIR)) == used
+
+
+def test_the_plugin_never_imports_the_harness():
+    """The dependency runs one way: ablations/ uses maskrcnn_plugin, no component imports ablations/."""
+    import ast
+
+    offenders = []
+    for path in glob.glob(os.path.join(REPO, "maskrcnn_plugin", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [(os.path.relpath(path, REPO), n) for n in names if n.split(".")[0] == "ablations"]
+    assert not offenders
+
+def test_a_typo_in_a_table_file_is_an_error(tmp_path):
+    from ablations.tables import load_table
+
+    (tmp_path / "x.yaml").write_text("title: t\nscales:\n  cpu:\n    baselin: a\n    arms: []\n")
+    with pytest.raises(ValueError, match="unknown fields.*baselin"):
+        load_table(str(tmp_path / "x.yaml"))
+    (tmp_path / "y.yaml").write_text("title: t\nscales:\n  cpu:\n    baseline: b\n    ablated_keys: []\n"
+                                     "    arms: [{name: a, label: A, paper_row: null}]\n")
+    with pytest.raises(ValueError, match="baseline 'b' is not an arm"):
+        load_table(str(tmp_path / "y.yaml"))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -361,13 +413,13 @@ def test_2a_2x_arms_are_2as_stride16_arms_at_twice_the_schedule():
 
 
 def test_final_train_loss_reads_the_last_logged_iteration(tmp_path):
-    assert ablations.final_train_loss(str(tmp_path)) is None  # no metrics.json (e.g. evaluated elsewhere)
+    assert final_train_loss(str(tmp_path)) is None  # no metrics.json (e.g. evaluated elsewhere)
     lines = [{"iteration": 19, "total_loss": 2.0, "loss_cls": 1.0, "lr": 0.01},
              {"iteration": 39, "total_loss": 1.2, "loss_cls": 0.5, "loss_mask": 0.7, "time": 1.0},
              {"iteration": 39, "bbox/AP": 10.0}]  # evaluation lines carry no loss
     text = "".join(json.dumps(x) + "\n" for x in lines) + '{"iteration": 59, "total_lo'  # cut short by a kill
     (tmp_path / "metrics.json").write_text(text)
-    assert ablations.final_train_loss(str(tmp_path)) == {
+    assert final_train_loss(str(tmp_path)) == {
         "iteration": 39, "total_loss": 1.2, "loss_cls": 0.5, "loss_mask": 0.7}
 
 
@@ -543,10 +595,30 @@ def fake_table(tmp_path, monkeypatch):
                 output_root=str(tmp_path / "output"), docs_dir=str(tmp_path / "docs"))
 
 
+def run_and_report(table, scale, seeds, *, configs_root, results_root, output_root, docs_dir, log=print, **kw):
+    """What `train_net.py --ablation` does (cli.run_ablation_from_args): run the table's arms, then rebuild the
+    report from all stored results (run_table itself writes no report)."""
+    outcomes = run_table(table, scale, seeds, configs_root=configs_root, results_root=results_root,
+                         output_root=output_root, log=log, **kw)
+    write_report(results_root=results_root, docs_dir=docs_dir, configs_root=configs_root, log=log)
+    return outcomes
+
+
+def test_run_table_writes_no_report(fake_table):
+    """The runner only runs and records the arms; the report is the command line's second step."""
+    outcomes = run_table("fake", "cpu", [0], arms=["b"], runner=FakeTrainNet(), log=lambda *a: None,
+                         configs_root=fake_table["configs_root"], results_root=fake_table["results_root"],
+                         output_root=fake_table["output_root"])
+    assert [o.status for o in outcomes] == ["done"]
+    assert os.path.isfile(result_path("fake", "cpu", "b", 0, fake_table["results_root"]))
+    assert not os.path.exists(fake_table["docs_dir"])
+    assert not os.path.exists(os.path.join(fake_table["results_root"], "summary.json"))
+
+
 def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
     fake = FakeTrainNet()
     logs = []
-    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["done"] * 4
     assert len(fake.calls) == 4
     files = sorted(glob.glob(os.path.join(fake_table["results_root"], "cpu", "fake", "*", "seed*.json")))
@@ -562,7 +634,7 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
     assert b["ap_per_iou"]["segm"] == pytest.approx([100.0] * 10)  # arm b predicts the gt exactly
     assert b["metrics"]["segm"]["AP"] == pytest.approx(100.0)
     # intermediate checkpoints removed, the final one kept
-    out_a0 = ablations.arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
+    out_a0 = arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
     assert os.path.exists(os.path.join(out_a0, "model_final.pth"))
     assert not os.path.exists(os.path.join(out_a0, "model_0000000.pth"))
 
@@ -585,17 +657,17 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
 
     # completed arms are skipped; a removed result is redone alone
     fake.calls.clear()
-    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["skipped"] * 4 and fake.calls == []
     os.remove(result_path("fake", "cpu", "b", 1, fake_table["results_root"]))
-    outcomes = ablations.run_table("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["skipped", "skipped", "skipped", "done"] and len(fake.calls) == 1
 
     # --eval-only: every checkpoint re-evaluated without training, training wall time kept, table rebuilt
     os.remove(os.path.join(fake_table["docs_dir"], "ablations.md"))
     fake.calls.clear()
     before = json.load(open(files[0]))
-    outcomes = ablations.run_table("fake", "cpu", [0, 1], eval_only=True, runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0, 1], eval_only=True, runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["done"] * 4
     assert all("--eval-only" in c and "--resume" not in c for c in fake.calls)
     assert all(_opt(c, "MODEL.WEIGHTS").endswith(os.path.join(f"seed{_opt(c, 'SEED')}", "model_final.pth"))
@@ -608,7 +680,7 @@ def test_runner_trains_skips_resumes_and_evaluates(fake_table, tmp_path):
 
     # --eval-only for a seed with neither checkpoint nor results: reported missing, nothing run
     fake.calls.clear()
-    outcomes = ablations.run_table("fake", "cpu", [5], eval_only=True, runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [5], eval_only=True, runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["missing", "missing"] and fake.calls == []
 
 
@@ -616,36 +688,36 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(fake_table):
     """An output dir whose checkpoints came from another config (e.g. the arm's dataset changed) is moved to
     <dir>.stale-N and the arm trains from scratch; --eval-only refuses to evaluate it."""
     fake = FakeTrainNet()
-    out = ablations.arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
+    out = arm_output_dir("fake", "cpu", "a", 0, fake_table["output_root"])
     os.makedirs(out)
     open(os.path.join(out, "last_checkpoint"), "w").write("model_0000099.pth")
     open(os.path.join(out, "model_0000099.pth"), "wb").write(b"old")
     logs = []
     # eval-only on an unstamped (legacy) checkpoint evaluates it: it may come from elsewhere
     open(os.path.join(out, "model_final.pth"), "wb").write(b"old")
-    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
+    outcomes = run_and_report("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
                                    **fake_table)
     assert [o.status for o in outcomes] == ["done"]
     os.remove(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
     # training: the unstamped output is set aside, the new one is stamped with the config hash
     fake.calls.clear()
-    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["done"] and len(fake.calls) == 1
     assert open(os.path.join(out + ".stale-0", "model_0000099.pth"), "rb").read() == b"old"
     assert any("stale-0" in line and "another config" in line for line in logs)
     rec = json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))
-    assert open(os.path.join(out, ablations.CONFIG_STAMP)).read().strip() == rec["config_hash"]
+    assert open(os.path.join(out, CONFIG_STAMP)).read().strip() == rec["config_hash"]
     assert rec["resumed"] is False
     # same config again (result removed): the stamped output is resumed, not set aside
     os.remove(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
-    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0], arms=["a"], runner=fake, log=logs.append, **fake_table)
     assert not os.path.exists(out + ".stale-1")
     assert json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))["resumed"] is True
     # a stamp of another config: --eval-only does not evaluate the old checkpoint
-    open(os.path.join(out, ablations.CONFIG_STAMP), "w").write("0123abcd\n")
+    open(os.path.join(out, CONFIG_STAMP), "w").write("0123abcd\n")
     fake.calls.clear()
     logs.clear()
-    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
+    outcomes = run_and_report("fake", "cpu", [0], arms=["a"], eval_only=True, runner=fake, log=logs.append,
                                    **fake_table)
     assert fake.calls == [] and any("another config" in line for line in logs)
 
@@ -662,16 +734,16 @@ def test_an_arm_with_another_tables_config_shares_its_run(fake_table, monkeypatc
         key="twin", title="twin of fake", paper_table="2c", arms={"cpu": [Arm("a2", "RoIPool again", "RoIPool (max)")]},
         baseline={"cpu": "a2"}, ablated_keys={"cpu": ()}))
     fake = FakeTrainNet()
-    ablations.run_table("fake", "cpu", [0, 1], arms=["a"], runner=fake, log=lambda *a: None, **fake_table)
+    run_and_report("fake", "cpu", [0, 1], arms=["a"], runner=fake, log=lambda *a: None, **fake_table)
     fake.calls.clear()
     logs = []
-    outcomes = ablations.run_table("twin", "cpu", [0, 1, 2], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("twin", "cpu", [0, 1, 2], runner=fake, log=logs.append, **fake_table)
     # seeds 0 and 1 share fake/a's runs; seed 2 has none to share and trains
     assert [o.status for o in outcomes] == ["shared", "shared", "done"]
     assert [_opt(c, "SEED") for c in fake.calls] == ["2"]
     shared = json.load(open(result_path("twin", "cpu", "a2", 0, fake_table["results_root"])))
-    assert shared[ablations.SHARED_RUN] == "fake/a/seed0.json" and "metrics" not in shared
-    results = ablations.load_results(fake_table["results_root"])["cpu"]
+    assert shared[SHARED_RUN] == "fake/a/seed0.json" and "metrics" not in shared
+    results = load_results(fake_table["results_root"])["cpu"]
     assert results["twin"]["a2"][1]["metrics"] == results["fake"]["a"][1]["metrics"]
     assert results["twin"]["a2"][1]["wall_s"] == results["fake"]["a"][1]["wall_s"]
     assert results["twin"]["a2"][1]["arm"] == "a2"
@@ -681,13 +753,13 @@ def test_an_arm_with_another_tables_config_shares_its_run(fake_table, monkeypatc
     assert "Whole CPU suite so far: 3 trained arm+seed runs" in report
     # the run it shared is removed (e.g. to be retrained): the arm trains its own
     os.remove(result_path("fake", "cpu", "a", 1, fake_table["results_root"]))
-    assert 1 not in ablations.load_results(fake_table["results_root"])["cpu"]["twin"]["a2"]
+    assert 1 not in load_results(fake_table["results_root"])["cpu"]["twin"]["a2"]
     fake.calls.clear()
     logs.clear()
-    outcomes = ablations.run_table("twin", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
+    outcomes = run_and_report("twin", "cpu", [0, 1], runner=fake, log=logs.append, **fake_table)
     assert [o.status for o in outcomes] == ["skipped", "done"] and [_opt(c, "SEED") for c in fake.calls] == ["1"]
     assert any("fake/a/seed1.json" in line and "gone" in line for line in logs)
-    assert ablations.SHARED_RUN not in json.load(open(result_path("twin", "cpu", "a2", 1, fake_table["results_root"])))
+    assert SHARED_RUN not in json.load(open(result_path("twin", "cpu", "a2", 1, fake_table["results_root"])))
 
 
 def test_commit_is_dirty_for_changed_code_not_for_the_generated_report(tmp_path, monkeypatch):
@@ -701,37 +773,37 @@ def test_commit_is_dirty_for_changed_code_not_for_the_generated_report(tmp_path,
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "init")
-    monkeypatch.setattr(ablations, "REPO_ROOT", str(tmp_path))
-    assert ablations.git_commit()[1] is False
+    monkeypatch.setattr(records, "REPO_ROOT", str(tmp_path))
+    assert git_commit()[1] is False
     (tmp_path / "docs" / "ablations.md").write_text("v2\n")  # what every finished arm rewrites
     (tmp_path / "results" / "ablations" / "summary.json").write_text("v2\n")
     (tmp_path / "results" / "ablations" / "new.json").write_text("{}\n")
-    assert ablations.git_commit()[1] is False
+    assert git_commit()[1] is False
     (tmp_path / "train_net.py").write_text("v2\n")
-    sha, dirty = ablations.git_commit()
+    sha, dirty = git_commit()
     assert dirty is True and len(sha) == 40
 
 
 def test_a_failing_arm_does_not_stop_the_suite(fake_table):
     fake = FakeTrainNet(fail_on=("a", 0))
-    outcomes = ablations.run_table("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0], runner=fake, log=lambda *a: None, **fake_table)
     assert [(o.arm, o.status) for o in outcomes] == [("a", "failed"), ("b", "done")]
     assert not os.path.exists(result_path("fake", "cpu", "a", 0, fake_table["results_root"]))
     assert os.path.exists(result_path("fake", "cpu", "b", 0, fake_table["results_root"]))
     report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
     assert "| **RoIPool** (RoIPool (max)) | mask AP | 26.9 | — | 0 |" in report
     # the failure is recorded beside the results and named in the report, until a rerun replaces it
-    fail_file = ablations.failure_path("fake", "cpu", "a", 0, fake_table["results_root"])
+    fail_file = failure_path("fake", "cpu", "a", 0, fake_table["results_root"])
     assert json.load(open(fail_file))["error"] == "FloatingPointError: Loss became infinite or NaN at iteration=3!"
     assert "- RoIPool, seed 0: FloatingPointError: Loss became infinite or NaN at iteration=3!" in report
-    outcomes = ablations.run_table("fake", "cpu", [0], runner=FakeTrainNet(), log=lambda *a: None, **fake_table)
+    outcomes = run_and_report("fake", "cpu", [0], runner=FakeTrainNet(), log=lambda *a: None, **fake_table)
     assert [(o.arm, o.status) for o in outcomes] == [("a", "done"), ("b", "skipped")]
     assert not os.path.exists(fail_file)
     assert "- RoIPool, seed 0:" not in open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
 
 
 def test_a_table_whose_only_run_failed_still_lists_the_failure(fake_table):
-    outcomes = ablations.run_table("fake", "cpu", [0], arms=["a"], runner=FakeTrainNet(fail_on=("a", 0)),
+    outcomes = run_and_report("fake", "cpu", [0], arms=["a"], runner=FakeTrainNet(fail_on=("a", 0)),
                                    log=lambda *a: None, **fake_table)
     assert [o.status for o in outcomes] == ["failed"]
     report = open(os.path.join(fake_table["docs_dir"], "ablations.md")).read()
@@ -743,16 +815,16 @@ def test_a_table_whose_only_run_failed_still_lists_the_failure(fake_table):
 def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
     from detectron2.engine import default_argument_parser
 
-    parser = ablations.add_ablation_arguments(default_argument_parser())
+    parser = add_ablation_arguments(default_argument_parser())
     args = parser.parse_args([
         "--ablation", "fake", "--results-dir", fake_table["results_root"], "--ablation-output",
         fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
         fake_table["configs_root"], "--seeds", "0", "1", "SOLVER.BASE_LR", "0.01",
     ])
-    assert ablations.split_seeds_and_opts(args.seeds, args.opts) == ([0, 1], ["SOLVER.BASE_LR", "0.01"])
-    assert ablations.split_seeds_and_opts(None, []) == ([0, 1, 2], [])
+    assert split_seeds_and_opts(args.seeds, args.opts) == ([0, 1], ["SOLVER.BASE_LR", "0.01"])
+    assert split_seeds_and_opts(None, []) == ([0, 1, 2], [])
     fake = FakeTrainNet(fail_on=("b", 1))
-    rc = ablations.run_ablation_from_args(args, runner=fake, log=lambda *a: None)
+    rc = run_ablation_from_args(args, runner=fake, log=lambda *a: None)
     assert rc == 1 and len(fake.calls) == 4
     assert all(c[c.index("SOLVER.BASE_LR") + 1] == "0.01" for c in fake.calls)
     rec = json.load(open(result_path("fake", "cpu", "a", 0, fake_table["results_root"])))
@@ -763,18 +835,18 @@ def test_command_line_flags_and_exit_status(fake_table, monkeypatch):
 def test_arms_flag_runs_only_the_named_arms(fake_table):
     from detectron2.engine import default_argument_parser
 
-    parser = ablations.add_ablation_arguments(default_argument_parser())
+    parser = add_ablation_arguments(default_argument_parser())
     common = ["--ablation", "fake", "--results-dir", fake_table["results_root"], "--ablation-output",
               fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
               fake_table["configs_root"], "--seeds", "0", "1"]
     fake = FakeTrainNet()
-    assert ablations.run_ablation_from_args(parser.parse_args(common + ["--arms", "b"]), runner=fake,
+    assert run_ablation_from_args(parser.parse_args(common + ["--arms", "b"]), runner=fake,
                                             log=lambda *a: None) == 0
     assert [(_opt(c, "SEED"), "b.yaml" in " ".join(c)) for c in fake.calls] == [("0", True), ("1", True)]
     rec = json.load(open(result_path("fake", "cpu", "b", 1, fake_table["results_root"])))
     assert "--arms b" in rec["suite_command"]
     with pytest.raises(ValueError, match="its arms are a, b"):
-        ablations.run_ablation_from_args(parser.parse_args(common + ["--arms", "c"]), runner=fake, log=lambda *a: None)
+        run_ablation_from_args(parser.parse_args(common + ["--arms", "c"]), runner=fake, log=lambda *a: None)
 
 
 def test_train_net_dispatches_ablation_report(tmp_path):
@@ -795,7 +867,7 @@ def test_real_train_net_subprocess_then_eval_only(tmp_path):
     kw = dict(results_root=str(tmp_path / "results"), output_root=str(tmp_path / "output"))
     opts = tiny_opts(tmp_path)
     logs = []
-    out = ablations.run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, log=logs.append, **kw)
+    out = run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, log=logs.append, **kw)
     assert out.status == "done", "\n".join(logs) + open(out.log or os.devnull).read()[-3000:]
     rec = json.load(open(out.result_file))
     assert set(rec["metrics"]) == {"bbox", "segm"} and rec["max_iter"] == 2 and rec["wall_s"] > 0
@@ -807,7 +879,7 @@ def test_real_train_net_subprocess_then_eval_only(tmp_path):
         # the recomputed per-IoU APs average to detectron2's own AP (both pycocotools)
         if not np.isnan(rec["metrics"][task]["AP"]):
             assert np.mean(per_iou) == pytest.approx(rec["metrics"][task]["AP"], abs=1e-6)
-    out2 = ablations.run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, eval_only=True, log=logs.append, **kw)
+    out2 = run_arm("2c", "cpu", "roialign_avg", 0, opts=opts, eval_only=True, log=logs.append, **kw)
     assert out2.status == "done", "\n".join(logs)
     rec2 = json.load(open(out2.result_file))
     assert rec2["metrics"] == rec["metrics"] and rec2["wall_s"] == rec["wall_s"]
@@ -827,7 +899,7 @@ def test_report_shows_keypoint_metrics_beside_the_papers(tmp_path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(rec, f)
-    ablations.write_report(results_root=str(results_root), docs_dir=str(docs), log=lambda *a: None)
+    write_report(results_root=str(results_root), docs_dir=str(docs), log=lambda *a: None)
     report = (docs / "ablations.md").read_text()
     section = report[report.index("### Table 5 — "):]
     section = section[:section.index("\n### ")] if "\n### " in section else section

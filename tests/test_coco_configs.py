@@ -11,7 +11,9 @@ their keypoint branch is checked to use the configured RoI extractor on 14x14 Ro
 import pytest
 import torch
 
-from maskrcnn_plugin.ablations import TABLES, arm_config_path, load_arm_cfg
+from ablations.paths import arm_config_path
+from ablations.records import load_arm_cfg
+from ablations.tables import TABLES
 
 COCO_ARMS = [(t.key, a.name) for t in TABLES.values() if "coco" in t.arms for a in t.arms["coco"]]
 

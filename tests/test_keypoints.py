@@ -22,7 +22,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode, Boxes, Instances, Keypoints
 
 import maskrcnn_plugin.data as data
-from maskrcnn_plugin.ablations import arm_config_path, load_arm_cfg
+from ablations.paths import arm_config_path
+from ablations.records import load_arm_cfg
 from maskrcnn_plugin.data import builtin as ds
 from maskrcnn_plugin.data.person_keypoints import (
     PERSON_KEYPOINT_CONNECTION_RULES, PERSON_KEYPOINT_FLIP_MAP, PERSON_KEYPOINT_NAMES, PERSON_KEYPOINT_OKS_SIGMAS,
@@ -418,7 +419,8 @@ def test_keypoint_head_is_detectron2s_with_stable_inference():
 def test_ablation_runner_trains_and_evaluates_a_keypoint_arm(tmp_path):
     """`train_net.py --ablation 5` path for one arm: the real train_net.py subprocess (2 iterations, tiny
     shapes_person data), COCOEvaluator's keypoints task in the stored results, which the report reads as kp_AP."""
-    from maskrcnn_plugin import ablations
+    from ablations.metrics import metric_value
+    from ablations.runner import run_arm
 
     opts = [
         "DATASETS.SHAPES.ROOT", str(tmp_path / "data"),
@@ -430,14 +432,14 @@ def test_ablation_runner_trains_and_evaluates_a_keypoint_arm(tmp_path):
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10",
     ]
     logs = []
-    out = ablations.run_arm("5", "cpu", "roialign", 0, opts=opts, log=logs.append,
-                            results_root=str(tmp_path / "results"), output_root=str(tmp_path / "output"))
+    out = run_arm("5", "cpu", "roialign", 0, opts=opts, log=logs.append,
+                  results_root=str(tmp_path / "results"), output_root=str(tmp_path / "output"))
     assert out.status == "done", "\n".join(logs) + open(out.log or os.devnull).read()[-3000:]
     rec = json.load(open(out.result_file))
     assert set(rec["metrics"]) == {"bbox", "keypoints"}
     assert set(rec["metrics"]["keypoints"]) >= {"AP", "AP50", "AP75", "APm", "APl"}
     assert rec["config"] == "configs/ablations/cpu/5/roialign.yaml" and rec["max_iter"] == 2
-    kp_ap = ablations.metric_value(rec, "kp_AP")
+    kp_ap = metric_value(rec, "kp_AP")
     assert kp_ap is None or 0.0 <= kp_ap <= 100.0
     assert any("keypoint AP" in line for line in logs), logs
     pictures = os.listdir(os.path.join(str(tmp_path / "output"), "cpu", "5", "roialign", "seed0", "vis",

@@ -25,7 +25,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from maskrcnn_plugin import ablations  # noqa: E402
+from ablations.paths import TRAIN_NET  # noqa: E402
+from ablations.records import (display_command, git_commit, load_arm_cfg, torch_threads,  # noqa: E402
+                               write_json_atomic)
+from ablations.runner import run_command  # noqa: E402
 from tools.markdown_blocks import write_marked_block  # noqa: E402
 
 DEFAULT_CONFIG = "configs/shapes/mask_rcnn_R18_FPN_shapes.yaml"
@@ -52,25 +55,25 @@ def run_seed(seed, config=DEFAULT_CONFIG):
         print(f"seed {seed}: recorded already ({os.path.relpath(res_file, REPO)}), skipped")
         return
     run_opts = ["SEED", str(seed), "OUTPUT_DIR", out_dir]
-    argv = [sys.executable, ablations.TRAIN_NET, "--config-file", os.path.join(REPO, config), *run_opts]
+    argv = [sys.executable, TRAIN_NET, "--config-file", os.path.join(REPO, config), *run_opts]
     log_path = os.path.join(out_dir, "main_job.log")
-    print(f"seed {seed}: {ablations._display_command(argv)} (log: {os.path.relpath(log_path, REPO)})")
+    print(f"seed {seed}: {display_command(argv)} (log: {os.path.relpath(log_path, REPO)})")
     start = time.time()
-    rc = ablations.run_command(argv, log_path)
+    rc = run_command(argv, log_path)
     wall = time.time() - start
     if rc != 0:
         raise SystemExit(f"seed {seed}: train_net.py failed (exit {rc}) after {wall / 60:.1f} min; see {log_path}")
     with open(os.path.join(out_dir, "eval_results.json")) as f:
         metrics = json.load(f)
-    cfg = ablations.load_arm_cfg(os.path.join(REPO, config), run_opts)
-    commit, dirty = ablations.git_commit()
+    cfg = load_arm_cfg(os.path.join(REPO, config), run_opts)
+    commit, dirty = git_commit()
     record = {
         "seed": seed, "config": config, "max_iter": int(cfg.SOLVER.MAX_ITER),
-        "metrics": metrics, "wall_s": wall, "command": ablations._display_command(argv),
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": ablations._torch_threads(),
+        "metrics": metrics, "wall_s": wall, "command": display_command(argv),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch_threads(),
         "commit": commit, "dirty": dirty, "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    ablations._write_json_atomic(res_file, record)
+    write_json_atomic(res_file, record)
     print(f"seed {seed}: {wall / 60:.1f} min, box AP {metrics['bbox']['AP']:.1f}, mask AP {metrics['segm']['AP']:.1f}")
 
 

@@ -1,0 +1,356 @@
+"""The ablation report: per-table statistics (means, paired gains), the markdown report, plots, json summary.
+
+``write_report`` regenerates, from all stored results alone, ``docs/ablations.md`` (paper vs. ours, gains with
+standard errors, commands, wall times), ``results/ablations/summary.json`` and, for tables with ``plot_iou``
+(2c, 2d), the AP-vs-IoU plots ``docs/images/ablation_<table>[_<scale>]_ap_vs_iou.png``.
+"""
+import math
+import os
+
+import numpy as np
+
+from .metrics import IOU_THRESHOLDS, METRIC_LABELS, metric_value
+from .paths import CONFIGS_ROOT, DOCS_DIR, RESULTS_ROOT, arm_config_path, arm_output_dir, plot_path, repo_relpath
+from .records import LOG_NAME, SHARED_RUN, load_arm_cfg, load_failures, load_results, write_json_atomic
+from .tables import (COCO_COMMON_NOTE, CPU_COMMON_NOTE, DEFAULT_SEEDS, PAPER_SOURCE, SCALES, TABLES,
+                     paper_value)
+
+
+def mean_std(values):
+    """(mean, sample std (ddof=1; 0.0 for one value), n) of the non-None values; (None, None, 0) if none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    arr = np.asarray(vals, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size)
+
+
+def paired_gain(arm_by_seed, base_by_seed):
+    """Gain of an arm over the baseline from the seeds both have: (mean diff, standard error, n).
+
+    Arms trained with the same seed share data order and initialisation of the common parts, so the
+    per-seed differences are paired: SE = std(diff, ddof=1) / sqrt(n); None when n < 2.
+    """
+    seeds = sorted(s for s in arm_by_seed if s in base_by_seed
+                   and arm_by_seed[s] is not None and base_by_seed[s] is not None)
+    if not seeds:
+        return None, None, 0
+    d = np.asarray([arm_by_seed[s] - base_by_seed[s] for s in seeds], dtype=float)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
+    return float(d.mean()), se, int(d.size)
+
+
+def summarize_table(tab, scale, arm_results):
+    """Statistics of one table at one scale: per arm and metric the paper value, our mean/std, both gains."""
+    paper_base_row = {a.name: a for a in tab.arms_for(scale)}[tab.baseline[scale]].paper_row
+    base = arm_results.get(tab.baseline[scale], {})
+    arms = []
+    for arm in tab.arms_for(scale):
+        recs = arm_results.get(arm.name, {})
+        entry = {"arm": arm.name, "label": arm.label, "paper_row": arm.paper_row, "seeds": sorted(recs),
+                 "is_baseline": arm.name == tab.baseline[scale], "metrics": {}}
+        for m in tab.metrics:
+            by_seed = {s: metric_value(r, m) for s, r in recs.items()}
+            base_by_seed = {s: metric_value(r, m) for s, r in base.items()}
+            mean, std, n = mean_std(by_seed.values())
+            p = paper_value(tab.paper_key, arm.paper_row, m)
+            pb = paper_value(tab.paper_key, paper_base_row, m)
+            gain, se, n_pairs = (None, None, 0) if entry["is_baseline"] else paired_gain(by_seed, base_by_seed)
+            entry["metrics"][m] = {
+                "paper": p, "mean": mean, "std": std, "n": n,
+                "paper_gain": None if (entry["is_baseline"] or p is None or pb is None) else round(p - pb, 2),
+                "gain": gain, "gain_se": se, "gain_n": n_pairs,
+                "gain_gt_2se": None if (gain is None or se is None) else bool(gain > 2 * se),
+            }
+        walls = [r.get("wall_s") for r in recs.values() if r.get("wall_s") is not None]
+        entry["wall_min"] = mean_std([w / 60 for w in walls])[:2] if walls else (None, None)
+        entry["train_loss"] = mean_std([(r.get("train_loss") or {}).get("total_loss") for r in recs.values()])
+        entry["commits"] = sorted({(r.get("commit") or "?")[:10] + ("+dirty" if r.get("dirty") else "")
+                                   for r in recs.values()})
+        entry["opts"] = sorted({" ".join(r.get("opts") or []) for r in recs.values()})
+        entry["config_hashes"] = sorted({r.get("config_hash") or "?" for r in recs.values()})
+        entry["shared_runs"] = {s: r[SHARED_RUN] for s, r in sorted(recs.items()) if SHARED_RUN in r}
+        entry["max_iter"] = sorted({r.get("max_iter") for r in recs.values() if r.get("max_iter") is not None})
+        entry["commands"] = {s: r.get("command") for s, r in sorted(recs.items())}
+        entry["suite_commands"] = sorted({r.get("suite_command") for r in recs.values() if r.get("suite_command")})
+        per_iou = {}
+        for task in ("segm", "bbox"):
+            curves = [r["ap_per_iou"][task] for r in recs.values() if task in r.get("ap_per_iou", {})]
+            if curves:
+                arr = np.asarray(curves, dtype=float)
+                per_iou[task] = {"mean": arr.mean(0).tolist(),
+                                 "std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])).tolist(),
+                                 "n": len(arr)}
+        entry["ap_per_iou"] = per_iou
+        arms.append(entry)
+    return {"table": tab.key, "scale": scale, "title": tab.title, "baseline": tab.baseline[scale],
+            "metrics": list(tab.metrics), "arms": arms,
+            "min_seeds": min((len(a["seeds"]) for a in arms), default=0),
+            "max_seeds": max((len(a["seeds"]) for a in arms), default=0)}
+
+
+def _fmt(v, signed=False, nd=1):
+    if v is None:
+        return "—"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def _mean_std_cell(mean, std, n, nd=1):
+    """"—" without runs, "m (1 seed)" for one (no spread to show), else "m ± std"."""
+    if mean is None:
+        return "—"
+    return f"{mean:.{nd}f} (1 seed)" if n < 2 else f"{mean:.{nd}f} ± {std:.{nd}f}"
+
+
+def plot_ap_vs_iou(summary, path):
+    """AP against IoU threshold per arm (mean over seeds, ±1 std band); mask and, for 2d, box AP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ("segm", "bbox") if any(t in a["ap_per_iou"] for a in summary["arms"])]
+    if "box_AP" not in summary["metrics"]:
+        tasks = [t for t in tasks if t == "segm"]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    x = np.asarray(IOU_THRESHOLDS)
+    for ax, task in zip(axes[0], tasks):
+        for a in summary["arms"]:
+            c = a["ap_per_iou"].get(task)
+            if not c:
+                continue
+            mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
+            line, = ax.plot(x, mean, marker="o", ms=3, label=f"{a['label']} (n={c['n']})")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel(f"{'mask' if task == 'segm' else 'box'} AP (%)")
+        ax.set_xticks(x[::2])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Table {summary['table']} ({summary['scale']} scale): {summary['title']}\n"
+                 "mean over seeds, band = ±1 std", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _schedule_line(tab, scale, configs_root):
+    """Schedule of the table's baseline arm config (the same for all arms of the table)."""
+    path = arm_config_path(tab.key, scale, tab.baseline[scale], configs_root)
+    if not os.path.isfile(path):
+        return None
+    try:
+        cfg = load_arm_cfg(path)
+    except Exception as e:  # a broken config should not stop the report
+        return f"(could not read {repo_relpath(path)}: {e})"
+    s = cfg.SOLVER
+    return (f"{s.MAX_ITER} iterations x {s.IMS_PER_BATCH} images, lr {s.BASE_LR} (x0.1 at {tuple(s.STEPS)}), "
+            f"{s.WARMUP_ITERS} warm-up iterations; train on {', '.join(cfg.DATASETS.TRAIN)}, "
+            f"test on {', '.join(cfg.DATASETS.TEST)}")
+
+
+def _failures_markdown(tab, scale, summary, failures):
+    """Lines listing the table's failed training runs that no later run replaced."""
+    labels = {a["arm"]: a["label"] for a in summary["arms"]}
+    done = {a["arm"]: set(a["seeds"]) for a in summary["arms"]}
+    rows = [(arm, seed, rec) for arm in labels for seed, rec in sorted(failures.get(arm, {}).items())
+            if seed not in done[arm]]
+    if not rows:
+        return []
+    L = ["**Failed runs** (missing from the means above; `--ablation` retries them, resuming from their last "
+         "checkpoint):", ""]
+    for arm, seed, rec in rows:
+        commit = (rec.get("commit") or "?")[:10] + ("+dirty" if rec.get("dirty") else "")
+        error = rec.get("error") or f"exit status {rec.get('exit_status')}"
+        log_file = repo_relpath(os.path.join(arm_output_dir(tab.key, scale, arm, seed), LOG_NAME))
+        L.append(f"- {labels[arm]}, seed {seed}: {error} (after {rec.get('wall_s', 0) / 60:.1f} min, commit "
+                 f"{commit}, config hash {rec.get('config_hash')}; log: `{log_file}`)")
+    L.append("")
+    return L
+
+
+def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, failures=None):
+    L = []
+    L.append(f"### Table {tab.key} — {tab.title} ({scale} scale)")
+    L.append("")
+    suite = f"python train_net.py --ablation {tab.key} --scale {scale} --seeds 0 1 2"
+    L.append(f"Command (runs the missing arms, then rebuilds this report): `{suite}`  ")
+    L.append(f"Arm configs: `configs/ablations/{scale}/{tab.key}/<arm>.yaml`; baseline for the gains: "
+             f"`{tab.baseline[scale]}`.  ")
+    sched = _schedule_line(tab, scale, configs_root)
+    if sched:
+        L.append(f"Schedule (same for every arm): {sched}.")
+    L.append("")
+    if scale in tab.notes:
+        L.append(f"Differences from the paper: {tab.notes[scale]}")
+        L.append("")
+    if summary["max_seeds"] == 0:
+        L.append("**No results yet.** Paper numbers:")
+        L.append("")
+        L.append("| arm | paper row | " + " | ".join(f"paper {METRIC_LABELS[m]}" for m in tab.metrics) + " |")
+        L.append("|---|---|" + "---|" * len(tab.metrics))
+        for a in summary["arms"]:
+            L.append(f"| {a['label']} | {a['paper_row'] or '—'} | "
+                     + " | ".join(_fmt(a["metrics"][m]["paper"]) for m in tab.metrics) + " |")
+        L.append("")
+        L.extend(_failures_markdown(tab, scale, summary, failures or {}))
+        return L
+    if summary["min_seeds"] < 3:
+        L.append(f"**Fewer than 3 seeds:** some arms have fewer (the fewest: {summary['min_seeds']}); means, "
+                 "std and standard errors are preliminary (std / SE need >= 2 seeds).")
+        L.append("")
+    L.append("| arm (paper row) | metric | paper | ours (mean ± std) | n | paper gain | our gain ± SE | "
+             "gain > 2·SE |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for a in summary["arms"]:
+        first = True
+        for m in tab.metrics:
+            s = a["metrics"][m]
+            ours = _mean_std_cell(s["mean"], s["std"], s["n"])
+            if a["is_baseline"]:
+                gain, sig = "(baseline)", ""
+            elif s["gain"] is None:
+                gain, sig = "—", "—"
+            else:
+                gain = _fmt(s["gain"], signed=True) + (f" ± {s['gain_se']:.1f}" if s["gain_se"] is not None else "")
+                sig = "—" if s["gain_gt_2se"] is None else ("yes" if s["gain_gt_2se"] else "no")
+            name = f"**{a['label']}** ({a['paper_row'] or '—'})" if first else ""
+            first = False
+            pg = "" if a["is_baseline"] else _fmt(s["paper_gain"], signed=True)
+            L.append(f"| {name} | {METRIC_LABELS[m]} | {_fmt(s['paper'])} | {ours} | {s['n']} | {pg} | {gain} | "
+                     f"{sig} |")
+    L.append("")
+    L.append("Gains are our arm minus our baseline arm, averaged over the seeds both have (paired by seed), "
+             "± the standard error of that mean; \"gain > 2·SE\" says whether the mean gain exceeds twice its "
+             "standard error. Paper gains are the paper's arm minus the paper's baseline row.")
+    L.append("")
+    L.extend(_failures_markdown(tab, scale, summary, failures or {}))
+    if tab.plot_iou:
+        p = plot_path(tab.key, scale, docs_dir)
+        if os.path.isfile(p):
+            rel = os.path.relpath(p, os.path.dirname(os.path.abspath(report_path)))
+            L.append(f"![AP vs IoU threshold, Table {tab.key}]({rel})")
+            L.append("")
+    show_loss = any(a["train_loss"][2] for a in summary["arms"])
+    loss_header = "final training loss (mean ± std, n) | " if show_loss else ""
+    L.append("| arm | seeds | iterations | wall time per seed (min, mean ± std; train + eval) | "
+             f"{loss_header}commit(s) | config hash | extra opts |")
+    L.append("|---|---|---|---|" + ("---|" if show_loss else "") + "---|---|---|")
+    for a in summary["arms"]:
+        wall = _mean_std_cell(*a["wall_min"], len(a["seeds"]))
+        if a["shared_runs"]:
+            sources = sorted({src.rsplit("/", 1)[0] for src in a["shared_runs"].values()})
+            wall += (f" (seed {', '.join(map(str, a['shared_runs']))}: the runs of {', '.join(sources)}, same "
+                     "config, not retrained)")
+        opts = "; ".join(f"`{o}`" for o in a["opts"] if o) or "none"
+        differs = " (**differs between seeds**)" if len(a["config_hashes"]) > 1 else ""
+        loss = ""
+        if show_loss:
+            n = a["train_loss"][2]
+            loss = _mean_std_cell(*a["train_loss"], nd=3) + (f" ({n})" if n > 1 else "") + " | "
+        L.append(f"| {a['label']} | {', '.join(map(str, a['seeds'])) or '—'} | "
+                 f"{', '.join(map(str, a['max_iter'])) or '—'} | {wall} | {loss}{', '.join(a['commits']) or '—'} | "
+                 f"{', '.join(a['config_hashes']) or '—'}{differs} | {opts} |")
+    L.append("")
+    L.append("Exact commands (one per arm, the lowest seed; the others differ only in SEED and OUTPUT_DIR):")
+    L.append("")
+    for a in summary["arms"]:
+        cmds = [c for c in a["commands"].values() if c]
+        if cmds:
+            L.append(f"- `{cmds[0]}`")
+    L.append("")
+    return L
+
+
+def _suite_time_line(scale, tables, have):
+    """How long the scale's whole suite took so far (sum of the trained runs) and about how long the rest takes."""
+    runs = [r for arms in have.values() for recs in arms.values() for r in recs.values() if SHARED_RUN not in r]
+    walls = [r["wall_s"] / 60 for r in runs if r.get("wall_s") is not None]
+    overall = float(np.mean(walls)) if walls else None
+    n_missing, missing_min = 0, 0.0
+    for tab in tables:
+        for arm in tab.arms_for(scale):
+            recs = have.get(tab.key, {}).get(arm.name, {})
+            if any(SHARED_RUN in r for r in recs.values()):
+                continue  # its missing seeds come with the runs it shares
+            missing = [s for s in DEFAULT_SEEDS if s not in recs]
+            arm_walls = [r["wall_s"] / 60 for r in recs.values() if r.get("wall_s") is not None]
+            n_missing += len(missing)
+            missing_min += len(missing) * (float(np.mean(arm_walls)) if arm_walls else (overall or 0.0))
+    line = (f"Whole {scale.upper()} suite so far: {len(runs)} trained arm+seed runs, {sum(walls) / 60:.1f} h of "
+            "train + eval wall time in all (each run on its own machine and load, see the per-arm tables; an arm "
+            "that shares another table's run is counted once).")
+    if n_missing:
+        line += (f" Missing for {len(DEFAULT_SEEDS)} seeds per arm: {n_missing} arm+seed runs, about "
+                 f"{missing_min / 60:.1f} h more at each arm's measured mean wall time"
+                 + (f" (the mean of all runs, {overall:.1f} min, for arms not run yet)." if overall else "."))
+    return line
+
+
+def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
+                 summary_path=None, log=print):
+    """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results."""
+    results = load_results(results_root)
+    failures = load_failures(results_root)
+    report_path = os.path.join(docs_dir, report_name)
+    summary_path = summary_path or os.path.join(results_root, "summary.json")
+    summaries = []
+    L = [
+        "# Mask R-CNN ablations (Table 2a–e, keypoints: Tables 4 and 5)",
+        "",
+        "<!-- GENERATED by ablations/report.py from results/ablations/**/seed*.json; do not edit by "
+        "hand: rerun `python train_net.py --ablation report` (or any --ablation run) to rebuild. -->",
+        "",
+        f"Paper numbers: {PAPER_SOURCE}, transcribed in `ablations/tables/<table>.yaml`. All APs are COCO-style AP "
+        "in percent (mask AP unless marked box or keypoint; keypoint AP is COCOeval's OKS-based AP, APM / APL "
+        "its medium / large person areas), evaluated with pycocotools on the arm's test set; the AP-vs-IoU "
+        "curves are recomputed from each arm's `coco_instances_results.json` with pycocotools' COCOeval precision "
+        "array.",
+        "",
+        "How to run: `python train_net.py --ablation <2a|2a_2x|2b|2c|2d|2e|4|5|all> [--scale cpu|coco] "
+        "[--seeds 0 1 2] [--eval-only] [config overrides]`. Each arm+seed trains in its own subprocess into "
+        "`output/ablations/<scale>/<table>/<arm>/seed<s>/` (checkpoints, not committed) and writes "
+        "`results/ablations/<scale>/<table>/<arm>/seed<s>.json`; arm+seeds with a results file are skipped (an "
+        "arm whose config and seed equal another table's stored run shares that run instead of training), a "
+        "killed arm resumes from its last checkpoint (checkpoints trained with another config -- the arm's yaml "
+        "or dataset changed since -- are moved to `seed<s>.stale-<n>/` and the arm starts afresh), and "
+        "`--eval-only` re-evaluates the existing "
+        "`model_final.pth` checkpoints and rebuilds this report without training. COCO-scale instructions: "
+        "[ablations_coco.md](ablations_coco.md).",
+        "",
+    ]
+    for scale in SCALES:
+        scale_tables = [t for t in TABLES.values() if scale in t.arms]
+        have = results.get(scale, {})
+        if scale != "cpu" and not have:
+            continue
+        L.append(f"## {scale.upper()} scale")
+        L.append("")
+        L.append(CPU_COMMON_NOTE if scale == "cpu" else COCO_COMMON_NOTE)
+        L.append("")
+        L.append(_suite_time_line(scale, scale_tables, have))
+        L.append("")
+        for tab in scale_tables:
+            s = summarize_table(tab, scale, have.get(tab.key, {}))
+            summaries.append(s)
+            if tab.plot_iou and s["max_seeds"] > 0:
+                plot_ap_vs_iou(s, plot_path(tab.key, scale, docs_dir))
+            L.extend(_table_markdown(tab, scale, s, docs_dir, configs_root, report_path,
+                                     failures.get(scale, {}).get(tab.key, {})))
+    unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
+                     if t not in TABLES or sc not in TABLES[t].arms)
+    if unknown:
+        L.append(f"Results of tables not defined in ablations/tables/ were ignored: {', '.join(unknown)}.")
+        L.append("")
+    os.makedirs(docs_dir, exist_ok=True)
+    with open(report_path, "w") as f:
+        f.write("\n".join(L).rstrip() + "\n")
+    write_json_atomic(summary_path, {"generated_by": "ablations/report.py", "paper_source": PAPER_SOURCE,
+                                     "iou_thresholds": list(IOU_THRESHOLDS), "tables": summaries})
+    log(f"report: {repo_relpath(report_path)}; summary: {repo_relpath(summary_path)}")
+    return report_path
+
