@@ -93,13 +93,10 @@ def torch_threads():
 
 
 def load_arm_cfg(config_file, opts=()):
-    """The arm's full config (plugin keys + yaml + opts), not frozen."""
-    from detectron2.config import get_cfg
+    """The arm's full config (plugin keys + yaml + opts) as train_net.py builds it, not frozen."""
+    from maskrcnn_plugin.config import get_plugin_cfg
 
-    from maskrcnn_plugin.config import add_maskrcnn_plugin_config
-
-    cfg = get_cfg()
-    add_maskrcnn_plugin_config(cfg)
+    cfg = get_plugin_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     return cfg

@@ -36,7 +36,7 @@ from maskrcnn_plugin.data.train_loader import ResumableTrainLoader, build_checke
 from maskrcnn_plugin.data.shapes import generate_shapes
 from maskrcnn_plugin.layers import RoIAlign, RoIPool, RoIWarp, roi_align, roi_pool, roi_warp
 
-DATASETS_LOGGER = "maskrcnn_plugin.data.datasets"
+DATASETS_LOGGER = "maskrcnn_plugin.data.coco_json"
 MAPPER_LOGGER = "maskrcnn_plugin.data.mapper"
 
 

@@ -290,7 +290,7 @@ def test_bad_polygons_and_boxes_dropped_with_warning(tmp_path, caplog):
         dict(base, id=13, segmentation=[[1, 2, 3, 4], [1, 2, 11, 2, 11, 7]]),  # one good polygon kept
     ]
     jf = _write(tmp_path, coco)
-    with caplog.at_level(logging.WARNING, logger="maskrcnn_plugin.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="maskrcnn_plugin.data.coco_json"):
         dicts = data.load_coco_json_checked(jf, img_dir)
     assert [len(d["annotations"]) for d in dicts] == [2, 1]
     assert dicts[0]["annotations"][1]["segmentation"] == [[1, 2, 11, 2, 11, 7]]

@@ -27,9 +27,7 @@ from .annotations import keypoints_problem, polygon_problem, rle_problem
 
 __all__ = ["load_coco_json_checked", "register_coco_instances_checked"]
 
-# The name this logger had before the data package was split (datasets.py): logging configurations and tests
-# select the loader's warnings by it.
-logger = logging.getLogger("maskrcnn_plugin.data.datasets")
+logger = logging.getLogger(__name__)
 
 # Reasons an annotation is dropped, in the order of the warning.
 _DROPPED = {
