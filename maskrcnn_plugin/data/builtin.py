@@ -86,18 +86,15 @@ _registered_shapes = {}  # name -> kwargs of register_shapes (to re-register on 
 def get_data_root():
     """Where generated datasets are cached.
 
-    `set_data_root` (cfg.DATASETS.SHAPES.ROOT) wins, then $MASKRCNN_PLUGIN_DATA, then ``<repo>/datasets_cache``
-    when the package runs from a source checkout, else ``~/.cache/maskrcnn_plugin``.
+    `set_data_root` (cfg.DATASETS.SHAPES.ROOT) wins, then $MASKRCNN_PLUGIN_DATA, then ``./datasets_cache`` in the
+    working directory (as detectron2's builtin datasets default to ``./datasets``).
     """
     if _root_override:
         return _root_override
     env = os.environ.get(ENV_DATA_ROOT)
     if env:
         return os.path.abspath(os.path.expanduser(env))
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.exists(os.path.join(repo, "setup.py")) or os.path.exists(os.path.join(repo, ".git")):
-        return os.path.join(repo, "datasets_cache")
-    return os.path.join(os.path.expanduser("~"), ".cache", "maskrcnn_plugin")
+    return os.path.abspath("datasets_cache")
 
 
 def set_data_root(root):
