@@ -131,6 +131,7 @@ def draw_record(record, meta, scale=2):
 def sample_figure(samples, path, scale=2):
     """One row per (dataset, index): the image and the same image with its annotations drawn."""
     tiles = []
+    np.random.seed(0)  # detectron2's Visualizer picks random instance colours: the same picture on every run
     for dataset, i in samples:
         records = DatasetCatalog.get(dataset)
         meta = MetadataCatalog.get(dataset)
