@@ -16,7 +16,7 @@ from .paths import CONFIGS_ROOT, DOCS_DIR, OUTPUT_ROOT, RESULTS_ROOT, repo_relpa
 from .report import write_report
 from .claims import CLAIM_TIMEOUT_S
 from .runner import run_table
-from .shards import exit_on_sigterm, parse_shard, run_shard
+from .shards import parse_shard, run_shard, sigterm_as_exit
 from .tables import DEFAULT_SEEDS, SCALES, TABLES, get_table
 
 
@@ -94,13 +94,13 @@ def run_ablation_from_args(args, runner=None, log=print):
         (" " + " ".join(shlex.quote(o) for o in opts)) if opts else "")
     outcomes = []
     if shard is not None:
-        exit_on_sigterm()
-        outcomes = run_shard(
-            [t.key for t in tables], args.scale, seeds, shard, arms=arms, opts=opts, only_own=args.shard_only,
-            claim_timeout_s=args.claim_timeout, configs_root=args.ablation_configs, results_root=args.results_dir,
-            output_root=args.ablation_output, num_gpus=args.num_gpus, suite_command=suite, runner=runner, log=log,
-            poll_s=args.shard_poll,
-        )
+        with sigterm_as_exit():
+            outcomes = run_shard(
+                [t.key for t in tables], args.scale, seeds, shard, arms=arms, opts=opts, only_own=args.shard_only,
+                claim_timeout_s=args.claim_timeout, configs_root=args.ablation_configs,
+                results_root=args.results_dir, output_root=args.ablation_output, num_gpus=args.num_gpus,
+                suite_command=suite, runner=runner, log=log, poll_s=args.shard_poll,
+            )
     else:
         for tab in tables:
             outcomes += run_table(

@@ -342,8 +342,8 @@ def _parallel_time_sentences(runs, serial_min):
         speedup = g["serial_s"] / g["wall_clock_s"] if g["wall_clock_s"] > 0 else None
         text = (f"Measured with {who}: {g['runs']} of these runs took {g['wall_clock_s'] / 3600:.1f} h of wall-clock "
                 f"(the time during which at least one of them was running), {g['serial_s'] / 3600:.1f} h one after "
-                f"another" + (f", {speedup:.2f}x" if speedup else "") + f", on {g['workers']} worker process(es) on "
-                f"{len(g['hosts'])} machine(s)")
+                f"another" + (f" (speed-up {speedup:.2f})" if speedup else "") + f", by {g['workers']} worker "
+                f"process(es) on {len(g['hosts'])} machine(s)")
         if g["runs"] == len(runs):
             text += f": the whole suite so far took {g['wall_clock_s'] / 3600:.1f} h that way."
         elif speedup:

@@ -22,9 +22,11 @@ retries it, as the serial runner does. ``--shard-only``: only step 1, for machin
 directory; copy their ``results/ablations/`` trees together afterwards (the shares are disjoint, so no file is
 written twice) and run ``--ablation report``.
 """
+import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -222,10 +224,18 @@ def run_shard(tables, scale, seeds, shard, *, arms=None, opts=(), only_own=False
     return worker.run()
 
 
-def exit_on_sigterm():
-    """Turn SIGTERM into SystemExit (main thread only), so that a worker stopped with `kill` ends its training
-    subprocess and releases its claim instead of leaving both behind."""
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """Within: SIGTERM raises SystemExit (main thread only), so that a worker stopped with `kill` ends its
+    training subprocess and releases its claim instead of leaving both behind. The old handler is restored."""
     def handler(signum, frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
