@@ -12,9 +12,9 @@ import argparse
 import shlex
 import sys
 
+from .claims import CLAIM_TIMEOUT_S
 from .paths import CONFIGS_ROOT, DOCS_DIR, OUTPUT_ROOT, RESULTS_ROOT, repo_relpath
 from .report import write_report
-from .claims import CLAIM_TIMEOUT_S
 from .runner import run_table
 from .shards import parse_shard, run_shard, sigterm_as_exit
 from .tables import DEFAULT_SEEDS, SCALES, TABLES, get_table
@@ -85,6 +85,9 @@ def run_ablation_from_args(args, runner=None, log=print):
             raise SystemExit(str(e)) from None
         if args.eval_only:
             raise SystemExit("--shard runs missing trainings; --eval-only re-evaluates checkpoints: drop one of them")
+        for flag, value in (("--claim-timeout", args.claim_timeout), ("--shard-poll", args.shard_poll)):
+            if not value > 0:
+                raise SystemExit(f"{flag} {value}: must be a positive number of seconds")
     elif getattr(args, "shard_only", False):
         raise SystemExit("--shard-only needs --shard K/N")
     suite = "python train_net.py --ablation {} --scale {} --seeds {}{}{}{}{}".format(

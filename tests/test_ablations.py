@@ -932,7 +932,8 @@ def test_shard_flags_run_a_share_and_name_bad_combinations(fake_table):
               fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
               fake_table["configs_root"], "--seeds", "0", "1"]
     for extra, message in ((["--shard", "3/2"], "k must be in 1..n"), (["--shard-only"], "--shard-only needs --shard"),
-                           (["--shard", "1/2", "--eval-only"], "drop one of them")):
+                           (["--shard", "1/2", "--eval-only"], "drop one of them"),
+                           (["--shard", "1/2", "--claim-timeout", "0"], "--claim-timeout 0.0: must be a positive")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             run_ablation_from_args(parser.parse_args(common + extra), runner=FakeTrainNet(), log=lambda *a: None)
     handler = signal.getsignal(signal.SIGTERM)

@@ -263,7 +263,7 @@ def _start_worker(roots, trace, shard, hang=None):
     argv = ["--ablation", "fake", "--seeds", "0", "1", "--shard", shard, "--shard-poll", "0.3",
             "--results-dir", roots["results_root"], "--ablation-output", roots["output_root"],
             "--docs-dir", roots["docs_dir"], "--ablation-configs", roots["configs_root"]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]), "PYTHONUNBUFFERED": "1"}
     with open(f"{trace}.{shard[0]}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps({"argv": argv, "trace": trace,
                                                                             "hang": hang})],
@@ -339,6 +339,32 @@ def test_a_killed_workers_claim_is_recovered_by_the_other(tmp_path):
     assert rec["worker"]["shard"] == "2/2" and rec["resumed"] is True
     assert "ablation summary: 4 done" in out2  # b/0, b/1, then a/1 and a/0 of worker 1's share
     assert not list((tmp_path / "results").rglob("*.claim.*"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_runner_takes_its_training_subprocess_with_it(tmp_path):
+    """The runner's subprocess (train_net.py; here a sleeper) ends when the runner is killed with SIGKILL, so a
+    dead worker leaves no training that would hold the run's OUTPUT_DIR."""
+    from ablations.claims import process_alive
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    runner = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                               "from ablations.runner import run_command; "
+                               "run_command([sys.executable, '-c', sys.argv[2]], sys.argv[3])",
+                               REPO, child, str(tmp_path / "log.txt")])
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.time() < deadline and runner.poll() is None
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    assert process_alive(child_pid)
+    runner.kill()
+    runner.wait()
+    deadline = time.time() + 20
+    while process_alive(child_pid):  # an orphan is reaped by init once it exits
+        assert time.time() < deadline, "the training subprocess outlived its runner"
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------------------------
