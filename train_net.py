@@ -19,7 +19,8 @@ from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
 from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
 from maskrcnn_plugin.data.train_loader import build_checked_train_loader
 from maskrcnn_plugin.evaluation import build_evaluator
-from maskrcnn_plugin.launch import launch  # detectron2's launch, plus gloo processes on CPU-only machines
+# detectron2's launch plus gloo processes on CPU-only machines; launch_from_env for processes torchrun started
+from maskrcnn_plugin.launch import launch, launch_from_env, torchrun_env
 
 
 class Trainer(DefaultTrainer):
@@ -115,20 +116,60 @@ def main(args):
     return results
 
 
+def launch_flags_given(args, parser):
+    """The process-starting flags of detectron2's parser that `args` sets to other than their defaults."""
+    given = []
+    for flag, dest in (("--num-gpus", "num_gpus"), ("--num-machines", "num_machines"),
+                       ("--machine-rank", "machine_rank"), ("--dist-url", "dist_url")):
+        value = getattr(args, dest)
+        if value != parser.get_default(dest) and not (dest == "dist_url" and value == "env://"):
+            given.append(f"{flag} {value}")
+    return given
+
+
+def started_by_torchrun(args, parser):
+    """Whether this process is one that torchrun (or a scheduler setting its variables) started: then it joins
+    the job through env:// (`launch_from_env`) rather than starting processes. Raises ValueError, naming the
+    problem, for an incomplete torchrun environment or for launch flags that would start processes too."""
+    if torchrun_env() is None:  # ValueError when the torchrun variables are incomplete or inconsistent
+        if args.dist_url == "env://":
+            raise ValueError("--dist-url env:// needs the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, "
+                             "...); start with torchrun --nproc-per-node N train_net.py ...")
+        return False
+    if getattr(args, "ablation", None):
+        raise ValueError("--ablation under torchrun: the harness starts one train_net.py per arm itself; run it as "
+                         "one plain process (with --num-gpus N for each arm's processes)")
+    given = launch_flags_given(args, parser)
+    if given:
+        raise ValueError(f"{' '.join(given)}: torchrun started the processes (its --nproc-per-node / --nnodes / "
+                         "--node-rank / --rdzv-endpoint); drop these flags")
+    return True
+
+
 if __name__ == "__main__":
     from ablations.cli import add_ablation_arguments, run_ablation_from_args
 
-    # --ablation <table> [--scale cpu|coco] [--seeds ...] [--eval-only]: run a paper ablation table (every
-    # arm+seed as its own train_net.py subprocess) and rebuild docs/ablations.md; see ablations/ (beside this file).
-    args = add_ablation_arguments(default_argument_parser()).parse_args()
+    # --ablation <table> [--scale cpu|coco] [--seeds ...] [--eval-only] [--shard k/n]: run a paper ablation table
+    # (every arm+seed as its own train_net.py subprocess) and rebuild docs/ablations.md; see ablations/ (beside
+    # this file).
+    parser = add_ablation_arguments(default_argument_parser())
+    args = parser.parse_args()
+    try:
+        # torchrun --nproc-per-node N [--nnodes M ...] train_net.py ...: this process is one of the ranks
+        env_launch = started_by_torchrun(args, parser)
+    except ValueError as e:
+        parser.error(str(e))
     if args.ablation:
         raise SystemExit(run_ablation_from_args(args))
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    if env_launch:
+        launch_from_env(main, args=(args,))
+    else:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

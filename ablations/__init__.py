@@ -15,6 +15,9 @@ Modules:
     records  result / failure files, config hash, git commit, json writes, loading the stored results
     metrics  COCOEvaluator metrics, AP per IoU threshold, final training loss
     runner   one train_net.py subprocess per arm+seed (train or re-evaluate), a table's arms x seeds
+    claims   claim files: one worker per arm+seed when several share a results directory, dead-claim takeover
+    shards   --shard k/n: worker k's share of the grid, then help with the rest and recover dead workers' runs
+    slurm    submitit tasks: a training as a SLURM job, the grid as a job array (tools/submit_slurm.py; needs submitit)
     report   statistics, docs/ablations.md, AP-vs-IoU plots, results/ablations/summary.json
     cli      the --ablation flags of train_net.py: run, then report
 

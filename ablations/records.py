@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import uuid
 
 from .paths import REPO_ROOT, RESULTS_ROOT, repo_relpath
 
@@ -113,7 +114,7 @@ def config_hash(cfg):
 def write_json_atomic(path, data):
     """Write `data` as indented json; a kill never leaves a half-written file that would count as "completed"."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # one per writer: workers may write one file at once
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")

@@ -6,11 +6,14 @@ checkpoint), then stores the final metrics (see metrics.py), the wall time, the 
 arm+seed's results json (see records.py). An arm+seed whose results file exists is skipped; one whose config
 (hash) and seed equal a stored run of another table is not trained again: its results file names that run.
 With ``eval_only`` the existing checkpoints (``<dir>/model_final.pth``) are re-evaluated without training.
-The runner writes no report: ``cli.py`` rebuilds it after the runs.
+The runner writes no report: ``cli.py`` rebuilds it after the runs. Several workers on one grid (``--shard``,
+a SLURM job array): shards.py and slurm.py, which run each arm+seed through `train_arm` here.
 """
+import ctypes
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,13 +31,29 @@ from .tables import DEFAULT_SEEDS, AblationTable, Arm, get_table
 CONFIG_STAMP = "arm_config_hash.txt"  # the config hash an output directory's checkpoints were trained with
 
 
+try:  # Linux: prctl(PR_SET_PDEATHSIG) for the training subprocesses
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):  # pragma: no cover
+    _PRCTL = None
+
+
+def _die_with_parent():
+    """preexec_fn (Linux): the subprocess gets SIGTERM when the runner dies, even by SIGKILL, so a killed runner
+    (or shard worker) leaves no training behind that would hold its OUTPUT_DIR and claim."""
+    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_command(argv, log_path):
-    """Run one arm's train_net.py subprocess with stdout+stderr in `log_path`; returns its exit status."""
+    """Run one arm's train_net.py subprocess with stdout+stderr in `log_path`; returns its exit status.
+
+    The subprocess ends with the runner: on an exception here (Ctrl-C, a worker's SIGTERM) subprocess.run kills
+    it, and on Linux it gets SIGTERM when the runner dies in any other way."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"\n===== {datetime.datetime.now().isoformat(timespec='seconds')}: {display_command(argv)}\n")
         log.flush()
-        return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+        return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                              preexec_fn=_die_with_parent if _PRCTL is not None else None).returncode
 
 
 def _now():
@@ -118,8 +137,9 @@ class ArmJob:
 
 def prepare_arm(table, scale, arm, seed, *, opts=(), configs_root=CONFIGS_ROOT, results_root=RESULTS_ROOT,
                 output_root=OUTPUT_ROOT, log=print):
-    """The ArmJob of `arm` + `seed`; a stored record that shares a run which is gone (or changed) is dropped."""
-    tab = get_table(table)
+    """The ArmJob of `arm` + `seed` of `table` (a key, or an AblationTable: a task on another machine gets the
+    table it was submitted with); a stored record that shares a run which is gone (or changed) is dropped."""
+    tab = table if isinstance(table, AblationTable) else get_table(table)
     arm_obj = {a.name: a for a in tab.arms_for(scale)}[arm]
     config_file = arm_config_path(tab.key, scale, arm, configs_root)
     out_dir = arm_output_dir(tab.key, scale, arm, seed, output_root)
@@ -191,9 +211,10 @@ def _store(job, record, wall, log_path, log):
     return ArmOutcome(job.arm.name, job.seed, "done", job.result_file, log_path)
 
 
-def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=print):
+def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=print, record_extra=None):
     """Train the arm+seed (resuming a killed run of the same config) unless it has results or shares another
-    table's identical run; store its results, or record the failure."""
+    table's identical run; store its results, or record the failure. `record_extra`: fields added to the
+    results record (e.g. which worker of several trained it)."""
     tag, current = job.tag, job.config_hash
     if job.previous is not None:
         if job.previous.get("config_hash") not in (None, current):
@@ -216,6 +237,7 @@ def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=pr
     # --resume: continue from <OUTPUT_DIR>/last_checkpoint after a kill
     argv = _train_net_argv(job, num_gpus) + ["--resume"] + job.run_opts
     resumed = os.path.isfile(os.path.join(job.output_dir, "last_checkpoint"))
+    started = time.time()
     rc, wall, log_path = _launch(job, argv, "training", runner, log)
     if rc != 0:
         commit, dirty = git_commit()
@@ -228,7 +250,9 @@ def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=pr
     record = _collect_record(job, job.run_opts, num_gpus, log)
     if record is None:
         return ArmOutcome(job.arm.name, job.seed, "failed", log=log_path)
-    record.update(wall_s=wall, command=display_command(argv), suite_command=suite_command, resumed=resumed)
+    # started / finished (epoch seconds): when it ran, so the report can measure several workers' wall-clock
+    record.update(wall_s=wall, command=display_command(argv), suite_command=suite_command, resumed=resumed,
+                  started_unix=started, finished_unix=time.time(), **(record_extra or {}))
     clean_intermediate_checkpoints(job.output_dir)
     return _store(job, record, wall, log_path, log)
 
@@ -257,8 +281,8 @@ def evaluate_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log
     record = _collect_record(job, run_opts, num_gpus, log)
     if record is None:
         return ArmOutcome(job.arm.name, job.seed, "failed", log=log_path)
-    record.update({k: previous[k] for k in ("wall_s", "command", "suite_command", "resumed")
-                   if previous and k in previous})
+    record.update({k: previous[k] for k in ("wall_s", "command", "suite_command", "resumed", "started_unix",
+                                            "finished_unix", "worker") if previous and k in previous})
     record.update(eval_wall_s=wall, eval_command=display_command(argv), eval_suite_command=suite_command)
     if "command" not in record:  # evaluated from a checkpoint trained elsewhere
         record["command"] = None

@@ -918,3 +918,32 @@ def test_report_shows_keypoint_metrics_beside_the_papers(tmp_path):
     t4 = report[report.index("### Table 4 — "):]
     assert ("| R-18-FPN, keypoint & mask | Mask R-CNN, keypoint & mask | 63.1 | 87.3 | 68.7 | 57.8 | 71.4 | — | — |"
             in t4)
+
+
+def test_shard_flags_run_a_share_and_name_bad_combinations(fake_table):
+    """--shard k/n through the command line (the workers themselves: tests/test_shards.py): worker 1 of 2 with
+    --shard-only runs its share (a of seeds 0 and 1, every 2nd of the grid a0 b0 a1 b1) and records itself."""
+    import signal
+
+    from detectron2.engine import default_argument_parser
+
+    parser = add_ablation_arguments(default_argument_parser())
+    common = ["--ablation", "fake", "--results-dir", fake_table["results_root"], "--ablation-output",
+              fake_table["output_root"], "--docs-dir", fake_table["docs_dir"], "--ablation-configs",
+              fake_table["configs_root"], "--seeds", "0", "1"]
+    for extra, message in ((["--shard", "3/2"], "k must be in 1..n"), (["--shard-only"], "--shard-only needs --shard"),
+                           (["--shard", "1/2", "--eval-only"], "drop one of them"),
+                           (["--shard", "1/2", "--claim-timeout", "0"], "--claim-timeout 0.0: must be a positive")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            run_ablation_from_args(parser.parse_args(common + extra), runner=FakeTrainNet(), log=lambda *a: None)
+    handler = signal.getsignal(signal.SIGTERM)
+    fake, logs = FakeTrainNet(), []
+    rc = run_ablation_from_args(parser.parse_args(common + ["--shard", "1/2", "--shard-only"]), runner=fake,
+                                log=logs.append)
+    assert rc == 0 and signal.getsignal(signal.SIGTERM) is handler
+    assert [(os.path.basename(os.path.dirname(_opt(c, "OUTPUT_DIR"))), _opt(c, "SEED")) for c in fake.calls] == [
+        ("a", "0"), ("a", "1")]
+    rec = json.load(open(result_path("fake", "cpu", "a", 1, fake_table["results_root"])))
+    assert rec["worker"]["shard"] == "1/2" and rec["suite_command"].endswith("--shard 1/2 --shard-only")
+    assert "ablation summary: 2 done, 0 shared, 0 skipped, 0 failed, 0 missing, 0 claimed" in logs
+    assert not glob.glob(os.path.join(fake_table["results_root"], "**", "*.claim.*"), recursive=True)
