@@ -7,6 +7,15 @@ deterministic for a given operator). Each bound that certifies RoIAlign is also 
 deliberately misaligned variant of RoIAlign built from the real operator (box snapped to quarter / half cells:
 a quantization; ``aligned=False``: a constant half-cell offset; a floor-rounding RoIPool), so that a change which
 breaks the alignment of an operator fails here.
+
+Checked once by replacing the operators themselves (a pytest plugin patching ``maskrcnn_plugin.layers`` before
+collection, not kept): RoIAlign on boxes snapped to 1/4 cell fails the translation-envelope, one-box and scale
+tests; RoIAlign with ``aligned=False`` or a constant +1/4 cell box offset fails the scale test (a constant offset
+moves with the box, so no translation test can see it); RoIPool snapping with floor fails the one-box test
+(jumps elsewhere); RoIWarp with ``aligned=False`` fails the one-box test (its jump at the first snap change
+shrinks below the jump threshold); a RoIPool that no longer quantizes fails the RoIPool bounds, the one-box and
+the scale tests. Not caught: a +0.5 px box offset (1/32 to 1/64 of a cell at these strides), below the
+interpolation-error floor of the measurement.
 """
 import importlib.util
 import math

@@ -704,10 +704,11 @@ def plot_end_to_end(e2e, path):
     import matplotlib.pyplot as plt
 
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.0))
+    fig, axes = plt.subplots(1, 4, figsize=(23, 5.0))
     keys = [("e2e_mask_err", "end to end: 1 - mask IoU (matched detections)"),
             ("given_mask_err", "given box: 1 - mask IoU"),
-            ("given_soft_err", "given box: mean |change| of the 28 x 28 mask probabilities")]
+            ("given_soft_err", "given box: mean |change| of the 28 x 28 mask probabilities"),
+            ("backbone_rel_change", "backbone: relative change of the feature map\n(vs the unshifted map moved by d / stride cells)")]
     for ax, (k, title) in zip(axes, keys):
         for c, (name, r) in zip(colors, e2e.items()):
             ax.plot(r["shifts_px"], r[k], marker="o", ms=3, color=c, label=name)
@@ -765,9 +766,26 @@ def docs_block(res, cmd):
     e2e = res.get("end_to_end")
     if e2e:
         L.append("")
-        L.append("End to end (trained models, `--e2e`):")
+        L.append(f"End to end (trained models; `{res.get('end_to_end_command', '--e2e')}`):")
         L.append("")
         L.extend(e2e_table(e2e))
+        names = list(e2e)
+        if len(names) >= 2:
+            a = e2e[names[0]]
+            sub = [i for i, d in enumerate(a["shifts_px"]) if d % a["stride"]]
+
+            def m(r, k):
+                return float(np.mean([r[k][i] for i in sub if r[k][i] is not None]))
+
+            L.append("")
+            for other in names[1:]:
+                b = e2e[other]
+                L.append(f"* Sub-stride shifts, {other} model / {names[0]} model: mask-head output change (given box) "
+                         f"{m(b, 'given_soft_err') / m(a, 'given_soft_err'):.1f}x, 1 - mask IoU given box "
+                         f"{m(b, 'given_mask_err') / m(a, 'given_mask_err'):.2f}x, end to end "
+                         f"{m(b, 'e2e_mask_err') / m(a, 'e2e_mask_err'):.2f}x, missed detections "
+                         f"{_f(m(b, 'e2e_miss'))} vs {_f(m(a, 'e2e_miss'))}; their backbones' own feature change "
+                         f"{_f(m(b, 'backbone_rel_change'))} vs {_f(m(a, 'backbone_rel_change'))}.")
     return "\n".join(L)
 
 
