@@ -26,7 +26,7 @@ from .paths import (CONFIGS_ROOT, OUTPUT_ROOT, REPO_ROOT, RESULTS_ROOT, TRAIN_NE
 from .records import (LOG_NAME, SHARED_RUN, config_hash, display_command, failure_path, git_commit,
                       identical_run, last_error_line, load_arm_cfg, result_path, shared_run_valid, torch_threads,
                       write_json_atomic)
-from .tables import DEFAULT_SEEDS, AblationTable, Arm, get_table
+from .tables import DEFAULT_SEEDS, AblationTable, Arm, check_arm_names, get_table
 
 CONFIG_STAMP = "arm_config_hash.txt"  # the config hash an output directory's checkpoints were trained with
 
@@ -304,11 +304,7 @@ def run_table(table, scale="cpu", seeds=DEFAULT_SEEDS, *, arms=None, eval_only=F
     """Run every arm (or only ``arms``, in the table's order) x seed of `table` (seed-major: all arms of seed 0
     first, so a partial suite is balanced). Returns the list of ArmOutcome; writes no report."""
     tab = get_table(table)
-    names = [a.name for a in tab.arms_for(scale)]
-    unknown = sorted(set(arms or ()) - set(names))
-    if unknown:
-        raise ValueError(f"--arms {' '.join(unknown)}: not an arm of table {tab.key} at scale {scale}; "
-                         f"its arms are {', '.join(names)}")
+    check_arm_names(tab, scale, arms)
     outcomes = []
     for seed in seeds:
         for arm in tab.arms_for(scale):

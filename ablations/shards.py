@@ -29,13 +29,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 from .claims import CLAIM_TIMEOUT_S, HEARTBEAT_S, fs_now, try_claim
 from .paths import CONFIGS_ROOT, OUTPUT_ROOT, RESULTS_ROOT, repo_relpath
 from .records import failure_path, result_path
 from .runner import ArmOutcome, prepare_arm, run_command, train_arm
-from .tables import get_table
+from .tables import check_arm_names, get_table
 
 
 def parse_shard(text):
@@ -94,12 +94,8 @@ def plan_units(tables, scale, seeds, *, arms=None, opts=(), configs_root=CONFIGS
     for seed in seeds:
         for key in tables:
             tab = get_table(key)
-            names = [a.name for a in tab.arms_for(scale)]
-            unknown = sorted(set(arms or ()) - set(names))
-            if unknown:
-                raise ValueError(f"--arms {' '.join(unknown)}: not an arm of table {tab.key} at scale {scale}; "
-                                 f"its arms are {', '.join(names)}")
-            for name in names:
+            check_arm_names(tab, scale, arms)
+            for name in (a.name for a in tab.arms_for(scale)):
                 if arms and name not in arms:
                     continue
                 job = prepare_arm(tab.key, scale, name, seed, opts=opts, configs_root=configs_root,

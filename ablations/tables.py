@@ -162,6 +162,15 @@ def get_table(key):
     return TABLES[key]
 
 
+def check_arm_names(tab, scale, arms):
+    """Raise ValueError naming any of `arms` (--arms) that is not an arm of `tab` at `scale`."""
+    names = [a.name for a in tab.arms_for(scale)]
+    unknown = sorted(set(arms or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--arms {' '.join(unknown)}: not an arm of table {tab.key} at scale {scale}; "
+                         f"its arms are {', '.join(names)}")
+
+
 def paper_value(table, row, metric):
     """The paper's value of `metric` for `row` of `table`, or None when the paper does not report it."""
     if row is None:
