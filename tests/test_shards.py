@@ -371,10 +371,10 @@ def test_a_killed_runner_takes_its_training_subprocess_with_it(tmp_path):
 # The report: measured wall-clock of several workers
 # ------------------------------------------------------------------------------------------------------------
 def test_report_states_the_measured_wall_clock_of_several_workers():
-    from ablations.report import _parallel_time_sentences, parallel_measurements, union_seconds
+    from ablations.suite_time import parallel_measurements, parallel_time_sentences, union_seconds
 
     assert union_seconds([(0, 10), (5, 15), (20, 30)]) == 25 and union_seconds([(0, 10), (2, 3)]) == 10
-    assert "not measured yet" in _parallel_time_sentences([{"wall_s": 60.0}], 1.0)
+    assert "not measured yet" in parallel_time_sentences([{"wall_s": 60.0}], 1.0)
 
     def rec(host, pid, start, end):
         return {"wall_s": end - start, "started_unix": start, "finished_unix": end,
@@ -385,11 +385,11 @@ def test_report_states_the_measured_wall_clock_of_several_workers():
     runs = [rec("m1", 1, 0, 3600), rec("m2", 2, 0, 3600), rec("m1", 1, day, day + 3600), rec("m2", 2, day, day + 3600)]
     (g,) = parallel_measurements(runs)
     assert (g["runs"], g["wall_clock_s"], g["serial_s"], g["workers"], g["hosts"]) == (4, 7200, 14400, 2, ["m1", "m2"])
-    text = _parallel_time_sentences(runs, 240.0)
+    text = parallel_time_sentences(runs, 240.0)
     assert "4 of these runs took 2.0 h of wall-clock" in text and "4.0 h one after another" in text
     assert "the whole suite so far took 2.0 h that way" in text and "Caveat" not in text
     # part of the suite on one machine: a projection, labelled as such, and the caveat
     one_machine = [rec("vm", 1, 0, 3600), rec("vm", 2, 0, 5400)]
-    text = _parallel_time_sentences(one_machine + [{"wall_s": 3600.0}], 300.0)
+    text = parallel_time_sentences(one_machine + [{"wall_s": 3600.0}], 300.0)
     assert "2 of these runs took 1.5 h of wall-clock" in text and "would take about 3.0 h (projected" in text
     assert "Caveat: all of them ran on one machine (vm)" in text
