@@ -12,7 +12,8 @@ import re
 import shlex
 import subprocess
 import sys
-import uuid
+
+from maskrcnn_plugin.checkpoint import atomic_open
 
 from .paths import REPO_ROOT, RESULTS_ROOT, repo_relpath
 
@@ -114,11 +115,9 @@ def config_hash(cfg):
 def write_json_atomic(path, data):
     """Write `data` as indented json; a kill never leaves a half-written file that would count as "completed"."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"  # one per writer: workers may write one file at once
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:  # a temporary file of its own per writer: workers may write one file at once
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------------------

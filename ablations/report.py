@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from maskrcnn_plugin.checkpoint import atomic_open
+
 from .metrics import IOU_THRESHOLDS, METRIC_LABELS, metric_value
 from .paths import CONFIGS_ROOT, DOCS_DIR, RESULTS_ROOT, arm_config_path, arm_output_dir, plot_path, repo_relpath
 from .records import LOG_NAME, SHARED_RUN, load_arm_cfg, load_failures, load_results, write_json_atomic
@@ -133,9 +135,8 @@ def plot_ap_vs_iou(summary, path):
                  "mean over seeds, band = ±1 std", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"  # then renamed: workers finishing together may each rebuild the report
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # workers finishing together may each rebuild the report
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 
@@ -324,10 +325,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         L.append(f"Results of tables not defined in ablations/tables/ were ignored: {', '.join(unknown)}.")
         L.append("")
     os.makedirs(docs_dir, exist_ok=True)
-    tmp = f"{report_path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(report_path, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
-    os.replace(tmp, report_path)
     write_json_atomic(summary_path, {"generated_by": "ablations/report.py", "paper_source": PAPER_SOURCE,
                                      "iou_thresholds": list(IOU_THRESHOLDS), "tables": summaries})
     log(f"report: {repo_relpath(report_path)}; summary: {repo_relpath(summary_path)}")

@@ -64,6 +64,6 @@ class AblationRes5ROIHeads(Res5ROIHeads):
         if cfg.MODEL.MASK_ON:
             # built last, as detectron2 does, so the random initialisation of every module is unchanged
             side = (resolution + 1) // 2
-            channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8  # res5 outputs 8x the channels of res2
+            channels = ret["res5"][-1].out_channels
             ret["mask_head"] = build_mask_head(cfg, ShapeSpec(channels=channels, height=side, width=side))
         return ret

@@ -59,6 +59,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from maskrcnn_plugin.checkpoint import atomic_open  # noqa: E402
 from maskrcnn_plugin.layers import roi_align, roi_pool, roi_warp  # noqa: E402
 
 RESULTS_DIR = os.path.join(REPO, "results", "equivariance")
@@ -637,10 +638,25 @@ def e2e_table(e2e):
     return L
 
 
-def plot_translation(res, path):
+def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path, title, rect=(0, 0, 1, 1)):
+    """Title, lay out, write and close a figure (the tail every figure of this tool shares)."""
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def plot_translation(res, path):
+    plt = _pyplot()
 
     names = res["operators"] + res["diagnostic_operators"]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
@@ -664,19 +680,14 @@ def plot_translation(res, path):
         ax.set_ylim(bottom=0)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle("Translation equivariance: pool(content and box shifted by d) vs pool(content, box); 0 = equivariant. "
-                 "d = one stride keeps the lattice: 0 for every operator.", fontsize=11)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, "Translation equivariance: pool(content and box shifted by d) vs pool(content, box); "
+          "0 = equivariant. d = one stride keeps the lattice: 0 for every operator.", rect=(0, 0.06, 1, 1))
 
 
 def plot_scale(res, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = res["operators"] + res["diagnostic_operators"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.0), sharey=True)
@@ -691,17 +702,12 @@ def plot_scale(res, path):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("equivariance error (RMS, units of feature RMS)")
     axes[0].legend(fontsize=8)
-    fig.suptitle("Scale equivariance: pool(content and box scaled by sigma) vs pool(content, box), same 7 x 7 output; 0 = equivariant",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, "Scale equivariance: pool(content and box scaled by sigma) vs pool(content, box), same 7 x 7 "
+          "output; 0 = equivariant")
 
 
 def plot_end_to_end(e2e, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
     fig, axes = plt.subplots(1, 4, figsize=(23, 5.0))
@@ -721,11 +727,8 @@ def plot_end_to_end(e2e, path):
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Trained models: masks of the shifted image vs the shifted masks of the unshifted image (0 = equivariant)",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, "Trained models: masks of the shifted image vs the shifted masks of the unshifted image "
+          "(0 = equivariant)")
 
 
 def docs_block(res, cmd):
@@ -851,10 +854,8 @@ def main(argv=None):
         res["end_to_end"] = run_end_to_end(args.e2e, args.e2e_images, args.e2e_max_shift, args.e2e_step)
         res["end_to_end_command"] = " ".join(["python tools/equivariance.py"] + (sys.argv[1:] if argv is None else list(argv)))
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    tmp = JSON_PATH + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(JSON_PATH, "w") as f:
         json.dump(res, f, indent=1)
-    os.replace(tmp, JSON_PATH)
     write_report(res, cmd, docs=not args.no_docs)
     print(f"wrote {os.path.relpath(JSON_PATH, REPO)}, {os.path.relpath(MD_PATH, REPO)}, docs/images/equivariance_*.png"
           + ("" if args.no_docs else ", docs/roi_ops.md"))
