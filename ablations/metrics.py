@@ -12,11 +12,13 @@ IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 METRIC_SOURCES = {
     "AP": ("segm", "AP"), "AP50": ("segm", "AP50"), "AP75": ("segm", "AP75"),
     "box_AP": ("bbox", "AP"), "box_AP50": ("bbox", "AP50"), "box_AP75": ("bbox", "AP75"),
+    "box_APs": ("bbox", "APs"), "box_APm": ("bbox", "APm"), "box_APl": ("bbox", "APl"),
     "kp_AP": ("keypoints", "AP"), "kp_AP50": ("keypoints", "AP50"), "kp_AP75": ("keypoints", "AP75"),
     "kp_APm": ("keypoints", "APm"), "kp_APl": ("keypoints", "APl"),
 }
 METRIC_LABELS = {"AP": "mask AP", "AP50": "mask AP50", "AP75": "mask AP75",
                  "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75",
+                 "box_APs": "box APS", "box_APm": "box APM", "box_APl": "box APL",
                  "kp_AP": "keypoint AP", "kp_AP50": "keypoint AP50", "kp_AP75": "keypoint AP75",
                  "kp_APm": "keypoint APM", "kp_APl": "keypoint APL"}
 

@@ -60,6 +60,15 @@ def _now():
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+def _load_average():
+    """The 1/5/15-minute load averages (None where the OS has none): a wall time measured beside other work
+    (the arm's own 2 threads count ~2) is not a quiet machine's, and the record should say so."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover (Windows)
+        return None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Output directories: the config stamp
 # ------------------------------------------------------------------------------------------------------------
@@ -237,7 +246,7 @@ def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=pr
     # --resume: continue from <OUTPUT_DIR>/last_checkpoint after a kill
     argv = _train_net_argv(job, num_gpus) + ["--resume"] + job.run_opts
     resumed = os.path.isfile(os.path.join(job.output_dir, "last_checkpoint"))
-    started = time.time()
+    started, load_start = time.time(), _load_average()
     rc, wall, log_path = _launch(job, argv, "training", runner, log)
     if rc != 0:
         commit, dirty = git_commit()
@@ -252,7 +261,8 @@ def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=pr
         return ArmOutcome(job.arm.name, job.seed, "failed", log=log_path)
     # started / finished (epoch seconds): when it ran, so the report can measure several workers' wall-clock
     record.update(wall_s=wall, command=display_command(argv), suite_command=suite_command, resumed=resumed,
-                  started_unix=started, finished_unix=time.time(), **(record_extra or {}))
+                  started_unix=started, finished_unix=time.time(),
+                  load_average={"start": load_start, "end": _load_average()}, **(record_extra or {}))
     clean_intermediate_checkpoints(job.output_dir)
     return _store(job, record, wall, log_path, log)
 
@@ -282,7 +292,7 @@ def evaluate_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log
     if record is None:
         return ArmOutcome(job.arm.name, job.seed, "failed", log=log_path)
     record.update({k: previous[k] for k in ("wall_s", "command", "suite_command", "resumed", "started_unix",
-                                            "finished_unix", "worker") if previous and k in previous})
+                                            "finished_unix", "worker", "load_average") if previous and k in previous})
     record.update(eval_wall_s=wall, eval_command=display_command(argv), eval_suite_command=suite_command)
     if "command" not in record:  # evaluated from a checkpoint trained elsewhere
         record["command"] = None

@@ -35,6 +35,9 @@ class Arm:
     name: str  # file stem of configs/ablations/<scale>/<table>/<name>.yaml and results dir name
     label: str  # what the report calls it
     paper_row: Optional[str]  # row of PAPER_TABLES[table.paper_key] it reproduces (None: no paper number)
+    # the arm its gains are measured against (None: the scale's baseline); Table 3's multi-task gain is Mask
+    # R-CNN over the RoIAlign detector, not over the table's RoIPool baseline
+    gain_over: Optional[str] = None
 
 
 @dataclass
@@ -65,6 +68,7 @@ class AblationTable:
 # ------------------------------------------------------------------------------------------------------------
 _TABLE_FIELDS = {"title", "metrics", "plot_iou", "paper_table", "scales", "paper"}
 _SCALE_FIELDS = {"baseline", "ablated_keys", "note", "arms", "same_as", "labels"}
+_ARM_FIELDS = {"name", "label", "paper_row", "gain_over"}
 
 
 def read_note(*names, notes_dir=NOTES_DIR):
@@ -96,12 +100,23 @@ def _scale_spec(key, scales, scale):
                 raise ValueError(f"ablation table {key}, scale {scale}: same_as: {source} and {name} both given")
             spec[name] = scales[source][name]
     labels = spec.pop("labels", {})
-    arms = [Arm(a["name"], labels.get(a["name"], a["label"]), a["paper_row"]) for a in spec["arms"]]
-    unknown_labels = set(labels) - {a.name for a in arms}
+    for a in spec["arms"]:
+        unknown = set(a) - _ARM_FIELDS
+        if unknown:
+            raise ValueError(f"ablation table {key}, scale {scale}, arm {a.get('name')!r}: unknown fields "
+                             f"{sorted(unknown)} (known: {', '.join(sorted(_ARM_FIELDS))})")
+    arms = [Arm(a["name"], labels.get(a["name"], a["label"]), a["paper_row"], a.get("gain_over"))
+            for a in spec["arms"]]
+    names = {a.name for a in arms}
+    unknown_labels = set(labels) - names
     if unknown_labels:
         raise ValueError(f"ablation table {key}, scale {scale}: labels for unknown arms {sorted(unknown_labels)}")
-    if spec["baseline"] not in {a.name for a in arms}:
+    if spec["baseline"] not in names:
         raise ValueError(f"ablation table {key}, scale {scale}: baseline {spec['baseline']!r} is not an arm")
+    for a in arms:
+        if a.gain_over is not None and (a.gain_over not in names or a.gain_over == a.name):
+            raise ValueError(f"ablation table {key}, scale {scale}, arm {a.name}: gain_over {a.gain_over!r} is "
+                             f"not another arm (arms: {', '.join(sorted(names))})")
     return arms, spec["baseline"], tuple(spec["ablated_keys"]), spec.get("note")
 
 
