@@ -64,9 +64,9 @@ def test_paper_tables_match_reference_md():
     text = open(PAPER_MD, encoding="utf-8").read()
     md = _md_tables(text)
     assert set(md) == {"2a", "2b", "2c", "2d", "2e"}
-    assert set(PAPER_TABLES) == set(md) | {"4", "5"}
+    assert set(PAPER_TABLES) == set(md) | {"3", "4", "5"}
     for table, spec in PAPER_TABLES.items():
-        if table not in md:  # the keypoint tables 4 and 5: test_keypoint_paper_tables_match_reference_md
+        if table not in md:  # Table 3 and the keypoint tables 4, 5: the two tests below
             continue
         md_rows = [r for r in md[table] if not next(iter(r.values())).startswith("gain")]
         ours = [(k, v) for k, v in spec["rows"].items() if k != "class-agnostic"]
@@ -91,6 +91,37 @@ def test_paper_tables_match_reference_md():
     assert float(m.group(2)) == PAPER_TABLES["2b"]["rows"]["sigmoid"]["AP"]
 
 
+def _md_section_rows(text, table):
+    """The rows ({header: cell}) of the '## Table <table> —' section of paper_tables.md."""
+    m = re.search(rf"^## Table {table} —(.*?)(?=^## )", text, flags=re.S | re.M)
+    assert m, table
+    lines = [ln.strip() for ln in m.group(1).splitlines() if ln.strip().startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+_BOX_MD_COL = {"box_AP": "AP bb", "box_AP50": "AP50", "box_AP75": "AP75", "box_APs": "APS", "box_APm": "APM",
+               "box_APl": "APL"}
+
+
+@pytest.mark.skipif(not os.path.isfile(PAPER_MD), reason="shared/reference/paper_tables.md not present")
+def test_detection_paper_table_matches_reference_md():
+    """Table 3 (box AP, APS/APM/APL) against the md file row by row; a method named twice (Mask R-CNN on
+    ResNet-101-FPN and on ResNeXt-101-FPN) is told apart by its backbone, and the rows our arms reproduce are
+    the paper's ResNet-101-FPN ones."""
+    md_rows = _md_section_rows(open(PAPER_MD, encoding="utf-8").read(), "3")
+    ours = PAPER_TABLES["3"]["rows"]
+    assert len(md_rows) == len(ours)
+    for (label, values), row in zip(ours.items(), md_rows):
+        assert label in (row["method"], f"{row['method']}, {row['backbone']}"), (label, row)
+        assert set(values) == set(_BOX_MD_COL), label
+        for metric, value in values.items():
+            assert float(row[_BOX_MD_COL[metric]]) == value, (label, metric)
+    backbone = {r["method"]: r["backbone"] for r in reversed(md_rows)}  # the first row of a repeated method
+    for scale in ("cpu", "coco"):
+        assert {backbone[a.paper_row] for a in TABLES["3"].arms[scale]} == {"ResNet-101-FPN"}
+
+
 _KP_MD_COL = {"kp_AP": "AP kp", "kp_AP50": "AP50", "kp_AP75": "AP75", "kp_APm": "APM", "kp_APl": "APL"}
 
 
@@ -99,11 +130,7 @@ def test_keypoint_paper_tables_match_reference_md():
     """Tables 4 and 5 (keypoint AP, APM, APL) of ablations/tables/ against the md file, row by row."""
     text = open(PAPER_MD, encoding="utf-8").read()
     for table in ("4", "5"):
-        m = re.search(rf"^## Table {table} —(.*?)(?=^## )", text, flags=re.S | re.M)
-        assert m, table
-        lines = [ln.strip() for ln in m.group(1).splitlines() if ln.strip().startswith("|")]
-        header = [c.strip() for c in lines[0].strip("|").split("|")]
-        md_rows = [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+        md_rows = _md_section_rows(text, table)
         ours = PAPER_TABLES[table]["rows"]
         assert [r["method"] for r in md_rows] == list(ours), table
         for row in md_rows:
@@ -316,6 +343,12 @@ EXPECTED_ARM_KEYS = {
                            "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
     ("4", "r101_fpn_kp_mask"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": True, "MODEL.RESNETS.DEPTH": 101,
                                 "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"},
+    ("3", "faster_roipool"): {"MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIPool",
+                              "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
+    ("3", "faster_roialign"): {"MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign",
+                               "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
+    ("3", "mask_roialign"): {"MODEL.MASK_ON": True, "MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign",
+                             "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg", "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
     ("5", "roipool"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIPool",
                        "MODEL.ROI_EXTRACTOR.AGGREGATION": "max"},
     ("5", "roialign"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign",
@@ -359,6 +392,7 @@ EXACT_DIFF = {
     **{(t, s): {_MASK + "LOSS", _MASK + "CLS_AGNOSTIC_MASK"} for t, s in [("2b", "cpu"), ("2b", "coco")]},
     **{(t, s): _EXTR for t in ("2c", "2d", "5") for s in ("cpu", "coco")},
     ("4", "cpu"): {"MODEL.MASK_ON"},
+    **{("3", s): _EXTR | {"MODEL.MASK_ON"} for s in ("cpu", "coco")},
     ("4", "coco"): {"MODEL.MASK_ON", "MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS"},
     **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
     ("2a", "cpu"): _BACKBONE_CPU,
@@ -401,6 +435,43 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     else:
         assert first["DATASETS.TRAIN"] == ("shapes_train",) and first["DATASETS.TEST"] == ("shapes_val",)
     assert first["MODEL.WEIGHTS"] == ""
+
+
+def test_table3_mask_rcnn_arm_is_table_2as_fpn_arm():
+    """Table 3's Mask R-CNN arm has the config hash of Table 2a's FPN arm of the same backbone, so the runner
+    shares 2a's runs instead of retraining; the detectors are that arm without the mask branch."""
+    for scale, arm in (("cpu", "r18_fpn"), ("coco", "r101_fpn")):
+        ours = load_arm_cfg(arm_config_path("3", scale, "mask_roialign"))
+        theirs = load_arm_cfg(arm_config_path("2a", scale, arm))
+        assert records.config_hash(ours) == records.config_hash(theirs), scale
+        detector = load_arm_cfg(arm_config_path("3", scale, "faster_roialign"))
+        assert _diff(detector, theirs) == {"MODEL.MASK_ON"}, scale
+
+
+def test_gains_over_another_arm(tmp_path):
+    """An arm with `gain_over` (Table 3's Mask R-CNN) is compared with that arm, paper gain and ours, paired
+    by seed; the others with the baseline. A gain_over naming no other arm is an error."""
+    from ablations.report import summarize_table
+    from ablations.tables import load_table
+
+    boxes = {"faster_roipool": 20.0, "faster_roialign": 22.0, "mask_roialign": 23.0}
+    results = {arm: {s: {"metrics": {"bbox": {"AP": ap + s * (0.1 if arm == "mask_roialign" else 0.0)}}}
+                     for s in (0, 1, 2)} for arm, ap in boxes.items()}
+    summary = summarize_table(TABLES["3"], "cpu", results)
+    box = {a["arm"]: a["metrics"]["box_AP"] for a in summary["arms"]}
+    assert box["faster_roialign"]["gain"] == pytest.approx(2.0) and box["faster_roialign"]["paper_gain"] == 1.1
+    assert box["mask_roialign"]["gain"] == pytest.approx(1.1) and box["mask_roialign"]["paper_gain"] == 0.9
+    assert box["mask_roialign"]["gain_se"] == pytest.approx(0.1 / np.sqrt(3))
+    assert [a.get("gain_over") for a in summary["arms"]] == [None, None, "faster_roialign"]
+    (tmp_path / "x.yaml").write_text("title: t\nscales:\n  cpu:\n    baseline: a\n    ablated_keys: []\n"
+                                     "    arms: [{name: a, label: A, paper_row: null},\n"
+                                     "           {name: b, label: B, paper_row: null, gain_over: c}]\n")
+    with pytest.raises(ValueError, match="arm b: gain_over 'c' is not another arm"):
+        load_table(str(tmp_path / "x.yaml"))
+    (tmp_path / "y.yaml").write_text("title: t\nscales:\n  cpu:\n    baseline: a\n    ablated_keys: []\n"
+                                     "    arms: [{name: a, label: A, paper_row: null, gains_over: a}]\n")
+    with pytest.raises(ValueError, match=r"arm 'a': unknown fields \['gains_over'\]"):
+        load_table(str(tmp_path / "y.yaml"))
 
 
 def test_2a_2x_arms_are_2as_stride16_arms_at_twice_the_schedule():
