@@ -15,7 +15,7 @@ from .metrics import IOU_THRESHOLDS, METRIC_LABELS, METRIC_SOURCES, metric_value
 from .paths import CONFIGS_ROOT, DOCS_DIR, RESULTS_ROOT, arm_config_path, arm_output_dir, plot_path, repo_relpath
 from .records import LOG_NAME, SHARED_RUN, load_arm_cfg, load_failures, load_results, write_json_atomic
 from .suite_time import suite_time_line
-from .tables import COCO_COMMON_NOTE, CPU_COMMON_NOTE, PAPER_SOURCE, SCALES, TABLES, paper_value
+from .tables import COCO_COMMON_NOTE, CPU_COMMON_NOTE, PAPER_SOURCE, SCALES, TABLES, USUAL_PROTOCOL, paper_value
 
 
 def mean_std(values):
@@ -275,6 +275,43 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
     return L
 
 
+def _gain_cells(s):
+    """(ours ± SE, > 2·SE, ours − paper) of one arm's metric entry of a summary."""
+    if s is None or s["gain"] is None:
+        return "—", "—", "—"
+    ours = _fmt(s["gain"], signed=True) + (f" ± {s['gain_se']:.1f}" if s["gain_se"] is not None else "")
+    sig = "—" if s["gain_gt_2se"] is None else ("yes" if s["gain_gt_2se"] else "no")
+    return ours, sig, _fmt(None if s["paper_gain"] is None else s["gain"] - s["paper_gain"], signed=True)
+
+
+def protocols_markdown(scale, usual, variants):
+    """The gains of table `usual` (a summary) beside those of its arms under other protocols (`variants`:
+    (table, summary) pairs): per non-baseline arm and metric, the paper's gain and, per protocol, ours ± SE,
+    whether it exceeds 2 SE, and how far it is from the paper's."""
+    protocols = [(usual["table"], USUAL_PROTOCOL[scale], usual)] + [(t.key, t.protocol, s) for t, s in variants]
+    L = [f"### Table {usual['table']} under each training protocol ({scale} scale)", "",
+         "The same arms, seeds and schedule under each protocol; each gain is measured against the reference arm "
+         "of its row (paired by seed, ± SE), and \"− paper\" is our gain minus the paper's: how far each "
+         "effect's size is from the paper's.", ""]
+    head = " | ".join(f"{key} ({name}): gain ± SE | > 2·SE | − paper" for key, name, _ in protocols)
+    L.append(f"| arm (gain over) | metric | paper gain | {head} |")
+    L.append("|---|---|---|" + "---|---|---|" * len(protocols))
+    entries = [{a["arm"]: a for a in s["arms"]} for _, _, s in protocols]
+    for arm in usual["arms"]:
+        if arm["is_baseline"]:
+            continue
+        reference = arm.get("gain_over") or usual["baseline"]
+        for i, m in enumerate(usual["metrics"]):
+            cells = []
+            for e in entries:
+                cells.extend(_gain_cells(e.get(arm["arm"], {}).get("metrics", {}).get(m)))
+            name = f"**{arm['label']}** (`{reference}`)" if i == 0 else ""
+            L.append(f"| {name} | {METRIC_LABELS[m]} | {_fmt(arm['metrics'][m]['paper_gain'], signed=True)} | "
+                     + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
 def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
                  summary_path=None, log=print):
     """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results."""
@@ -318,13 +355,18 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
         L.append("")
         L.append(suite_time_line(scale, scale_tables, have))
         L.append("")
+        by_key = {}
         for tab in scale_tables:
-            s = summarize_table(tab, scale, have.get(tab.key, {}))
+            s = by_key[tab.key] = summarize_table(tab, scale, have.get(tab.key, {}))
             summaries.append(s)
             if tab.plot_iou and s["max_seeds"] > 0:
                 plot_ap_vs_iou(s, plot_path(tab.key, scale, docs_dir))
             L.extend(_table_markdown(tab, scale, s, docs_dir, configs_root, report_path,
                                      failures.get(scale, {}).get(tab.key, {})))
+        for tab in scale_tables:  # a table trained under other protocols too: their gains side by side
+            variants = [(t, by_key[t.key]) for t in scale_tables if t.protocol and t.paper_table == tab.key]
+            if not tab.protocol and any(s["max_seeds"] for _, s in variants):
+                L.extend(protocols_markdown(scale, by_key[tab.key], variants))
     unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
                      if t not in TABLES or sc not in TABLES[t].arms)
     if unknown:

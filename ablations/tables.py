@@ -27,7 +27,9 @@ NOTES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes")
 SCALES = ("cpu", "coco")
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_METRICS = ("AP", "AP50", "AP75")
-PAPER_SOURCE = "shared/reference/paper_tables.md (Mask R-CNN, arXiv 1703.06870, Tables 2, 4, 5)"
+# what a table without `protocol` trains under at each scale (configs/Base-Shapes-RCNN.yaml, Base-Ablation-COCO)
+USUAL_PROTOCOL = {"cpu": "from scratch", "coco": "ImageNet-pretrained"}
+PAPER_SOURCE = "shared/reference/paper_tables.md (Mask R-CNN, arXiv 1703.06870, Tables 2, 3, 4, 5)"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class AblationTable:
     plot_iou: bool = False
     notes: Dict[str, str] = field(default_factory=dict)  # scale -> how the setup differs from the paper
     paper_table: Optional[str] = None  # key into PAPER_TABLES (default: key)
+    # the training protocol when it is not the scale's usual one (e.g. "pretrained"): the table is then
+    # `paper_table`'s arms under that protocol, and the report sets their gains side by side
+    protocol: Optional[str] = None
 
     def arms_for(self, scale):
         if scale not in self.arms:
@@ -66,7 +71,7 @@ class AblationTable:
 # ------------------------------------------------------------------------------------------------------------
 # Loading the data files
 # ------------------------------------------------------------------------------------------------------------
-_TABLE_FIELDS = {"title", "metrics", "plot_iou", "paper_table", "scales", "paper"}
+_TABLE_FIELDS = {"title", "metrics", "plot_iou", "paper_table", "protocol", "scales", "paper"}
 _SCALE_FIELDS = {"baseline", "ablated_keys", "note", "arms", "same_as", "labels"}
 _ARM_FIELDS = {"name", "label", "paper_row", "gain_over"}
 
@@ -138,8 +143,11 @@ def load_table(path, notes_dir=NOTES_DIR):
     table = AblationTable(
         key=key, title=data["title"], arms=arms, baseline=baseline, ablated_keys=ablated_keys,
         metrics=tuple(data.get("metrics", DEFAULT_METRICS)), plot_iou=bool(data.get("plot_iou", False)),
-        notes=notes, paper_table=data.get("paper_table"),
+        notes=notes, paper_table=data.get("paper_table"), protocol=data.get("protocol"),
     )
+    if table.protocol and not table.paper_table:
+        raise ValueError(f"ablation table {key}: protocol {table.protocol!r} needs paper_table (the table whose "
+                         "arms it trains under that protocol)")
     return table, data.get("paper")
 
 

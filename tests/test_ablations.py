@@ -1018,3 +1018,31 @@ def test_shard_flags_run_a_share_and_name_bad_combinations(fake_table):
     assert rec["worker"]["shard"] == "1/2" and rec["suite_command"].endswith("--shard 1/2 --shard-only")
     assert "ablation summary: 2 done, 0 shared, 0 skipped, 0 failed, 0 missing, 0 claimed" in logs
     assert not glob.glob(os.path.join(fake_table["results_root"], "**", "*.claim.*"), recursive=True)
+
+
+def test_report_sets_protocols_side_by_side():
+    """A table with `protocol` (Table 2a's arms under another training protocol) gets its gains beside the
+    usual protocol's: per arm, each protocol's gain ± SE over the row's reference arm (R-34-FPN over R-18-FPN:
+    the depth gain), whether it exceeds 2 SE, and its distance from the paper's gain."""
+    from ablations.report import protocols_markdown, summarize_table
+
+    usual_tab = TABLES["2a"]
+    variant = AblationTable(key="2a_pt", title="t", arms=usual_tab.arms, baseline=usual_tab.baseline,
+                            ablated_keys=usual_tab.ablated_keys, paper_table="2a", protocol="pretrained")
+    mask_ap = {"r18_s16": 10.0, "r34_s16": 9.0, "r18_fpn": 12.0, "r34_fpn": 11.0}
+
+    def results(shift):
+        return {arm: {s: {"metrics": {"segm": {"AP": ap + (shift + 0.1 * s if arm.startswith("r34") else 0.0)}}}
+                      for s in (0, 1, 2)} for arm, ap in mask_ap.items()}
+
+    usual = summarize_table(usual_tab, "cpu", results(0.0))
+    pretrained = summarize_table(variant, "cpu", results(4.0))
+    lines = protocols_markdown("cpu", usual, [(variant, pretrained)])
+    text = "\n".join(lines)
+    assert lines[0] == "### Table 2a under each training protocol (cpu scale)"
+    assert "2a (from scratch): gain ± SE | > 2·SE | − paper | 2a_pt (pretrained): gain ± SE" in text
+    # R-34-FPN over R-18-FPN: paper +1.8 (35.4 - 33.6); ours -1.0 + 0.1 s from scratch, +3.0 + 0.1 s pretrained
+    row = next(ln for ln in lines if ln.startswith("| **R-34-FPN** (`r18_fpn`) | mask AP |"))
+    assert row == "| **R-34-FPN** (`r18_fpn`) | mask AP | +1.8 | -0.9 ± 0.1 | no | -2.7 | +3.1 ± 0.1 | yes | +1.3 |"
+    assert "| **R-34, stride-16 map (C4 stand-in)** (`r18_s16`) | mask AP | +2.4 |" in text
+    assert not any(ln.startswith("| **R-18, stride-16") for ln in lines)  # the baseline has no gain row
