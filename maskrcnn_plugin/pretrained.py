@@ -59,17 +59,20 @@ _PIXEL_STD = [57.375, 57.120, 58.395]
 
 _COMMON = dict(
     num_classes=MAX_CLASSES,  # 120 = 12 shape families x 10 fill patterns
-    # 80 px: the detection images' object scale (16-200 px on 256 px images); res5 is 3 x 3 cells, as ImageNet's
-    # 224 px images give 7 x 7 of objects that fill them. R-18 fwd+bwd ran at 2.3x the rate at 80 px than at 128 px.
+    # 80 px: the detection images' object scale (objects of 16-200 px on 256 px images; here 29-72 px); res5 is
+    # 3 x 3 cells. R-18 fwd+bwd: 64 / 43 / 35 images/s at 64 / 80 / 96 px (20-iteration benchmark, see RECIPES).
     image_size=80,
-    train_size=1_000_000,  # distinct images (global indices 0..999,999); a recipe sees each at most once
+    train_size=1_000_000,  # distinct images (global indices 0..999,999): a recipe sees each at most once
     val_size=6000,  # 50 per class
     data_seed=0,
     seed=0,  # weight init (torch.manual_seed)
     batch_size=64,
-    # Goyal et al.'s linear scaling (0.1 per 256 images) doubled: a schedule this short favours a high lr; the
-    # cosine decay to 0 takes the noise out at the end.
-    base_lr=0.05,
+    # Probes (R-18, seed 0): the loss sits at chance (ln 120 = 4.79) for the first few hundred iterations while
+    # the net finds the object without colour cues. At lr 0.05 it stayed there past 150 iterations after
+    # 40 warm-up iterations; at 0.02 with 250 warm-up iterations it fell below it from iteration ~230 (4.59 over
+    # iterations 300-320). On 10 patterns alone, batch 32: lr 0.02 stayed at chance for 400 iterations, 0.005
+    # reached 2.01 (chance 2.30) by 300.
+    base_lr=0.02,
     momentum=0.9,
     weight_decay=5e-5,  # not on BN parameters or biases
     warmup_iters=250,
@@ -83,7 +86,12 @@ _COMMON = dict(
 # means; a run with --recipe-override writes under another hash and never replaces these. R-18 and R-34 share
 # everything but the depth (the same images in the same order), as the paper's R-50 and R-101 share ImageNet.
 RECIPES = {
-    # ESTIMATE
+    # Cost, measured with `tools/pretrain_backbone.py --depth D --benchmark 20` (80 px, batch 64, fwd+bwd+step, no
+    # data) on this project's 2-core machine while another training used both cores (load average 3-5; nice'd):
+    # R-18 42.5 images/s (1.50 s/iteration), R-34 28.7 images/s (2.23 s/iteration); a 320-iteration R-18 run
+    # with its data (1 loader worker) ran at 1.3 s/iteration. 5000 iterations (320k images, under a third of
+    # one ImageNet epoch) then take ~1.8-2.1 h for R-18 and ~3.1 h for R-34 on such a shared machine, less on
+    # an idle one; evaluation (6000 val images, forward only) adds about a minute.
     18: dict(depth=18, max_iter=5000, **_COMMON),
     34: dict(depth=34, max_iter=5000, **_COMMON),
 }
