@@ -162,7 +162,7 @@ def build_command(depth, overrides=None):
     """The command line that builds the backbone of ``recipe_for(depth, overrides)``."""
     cmd = f"python tools/pretrain_backbone.py --depth {depth}"
     for key, value in (overrides or {}).items():
-        cmd += f" --recipe-override {key}={json.dumps(value)}"
+        cmd += f" --recipe-override {key}={json.dumps(value, separators=(',', ':'))}"  # no spaces: one shell word
     return cmd
 
 

@@ -167,15 +167,50 @@ def _loadavg():
         return None
 
 
-def _save_resume(path, model, optimizer, scheduler, iteration, recent, elapsed, images_done, load_start, recipe):
-    state = {
-        "recipe": recipe, "iteration": iteration, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "recent_losses": list(recent), "elapsed_s": elapsed, "train_s": images_done[1],
-        "images": images_done[0], "loadavg_start": load_start, "rng_states": RNGStates().state_dict(),
-    }
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+def _claim(cache_dir, name):
+    """Hold ``<cache>/.<name>.lock`` (a POSIX record lock, released when the process dies): a second process
+    training the same recipe would overwrite this one's resume state. Then remove the temporary files that a
+    kill during a save of this recipe left. Returns the open lock file; keep it while training."""
+    import fcntl
+    import glob
+
+    lock = open(os.path.join(cache_dir, f".{name}.lock"), "a+")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RuntimeError(f"{name} is being pre-trained into {cache_dir} by {holder}; wait for it (its result is "
+                           "cached for every later run), or use another --cache-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    for tmp in glob.glob(os.path.join(glob.escape(cache_dir), f".{name}.*.tmp-*")):
+        os.remove(tmp)
+    return lock
+
+
+class _Progress:
+    """What a resume state carries besides the model, optimizer and scheduler: the iteration, the recent losses,
+    time spent so far (all sessions) and the load average when the first session started."""
+
+    def __init__(self):
+        self.iteration, self.images, self.train_s, self.elapsed_s = 0, 0, 0.0, 0.0
+        self.recent_losses = collections.deque(maxlen=_RECENT)
+        self.loadavg_start = _loadavg()
+
+    def state_dict(self):
+        return {"iteration": self.iteration, "images": self.images, "train_s": self.train_s,
+                "elapsed_s": self.elapsed_s, "recent_losses": list(self.recent_losses),
+                "loadavg_start": self.loadavg_start}
+
+    def load_state_dict(self, state):
+        self.iteration, self.images = state["iteration"], state["images"]
+        self.train_s, self.elapsed_s = state["train_s"], state["elapsed_s"]
+        self.recent_losses.extend(state["recent_losses"])
+        self.loadavg_start = state["loadavg_start"]
 
 
 def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, workers=0, progress=True,
@@ -192,6 +227,7 @@ def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, 
         log(f"{name}: already built, nothing to do: {final}")
         return final
     os.makedirs(cache_dir, exist_ok=True)
+    lock = _claim(cache_dir, name)  # noqa: F841  (held until this function returns)
     resume_path = os.path.join(cache_dir, name + ".resume.pth")
     t_session = time.perf_counter()
 
@@ -199,76 +235,79 @@ def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, 
     model = BackboneClassifier(recipe)
     optimizer = _optimizer(model, recipe)
     scheduler = _scheduler(optimizer, recipe)
-    start, recent, elapsed, images, train_s, load_start = 0, collections.deque(maxlen=_RECENT), 0.0, 0, 0.0, _loadavg()
+    state = _Progress()
+    checkpointables = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "progress": state,
+                       "rng_states": RNGStates()}
     if os.path.isfile(resume_path):
-        # weights_only: the state holds tensors and plain values only (RNGStates keeps numpy's state as tensors)
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["recipe"] != recipe:
+        # weights_only: tensors and plain values only (RNGStates keeps numpy's state as tensors)
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved["recipe"] != recipe:
             raise RuntimeError(f"{resume_path} was written by another recipe than {name}'s; delete it to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        RNGStates().load_state_dict(state["rng_states"])
-        start, elapsed, images, train_s = state["iteration"], state["elapsed_s"], state["images"], state["train_s"]
-        recent.extend(state["recent_losses"])
-        load_start = state["loadavg_start"]
-        log(f"{name}: resuming at iteration {start} of {recipe['max_iter']} from {resume_path}")
+        for key, obj in checkpointables.items():
+            obj.load_state_dict(saved[key])
+        log(f"{name}: resuming at iteration {state.iteration} of {recipe['max_iter']} from {resume_path}")
     else:
         log(f"{name}: pre-training ResNet-{recipe['depth']} for {recipe['max_iter']} iterations x "
             f"{recipe['batch_size']} images of {recipe['image_size']} px, {recipe['num_classes']} classes")
+    elapsed_before = state.elapsed_s
+
+    def save():
+        state.elapsed_s = elapsed_before + time.perf_counter() - t_session
+        with atomic_open(resume_path, "wb") as f:
+            torch.save({"recipe": recipe, **{k: obj.state_dict() for k, obj in checkpointables.items()}}, f)
 
     end = recipe["max_iter"] if stop_after is None else min(stop_after, recipe["max_iter"])
     dataset = PretrainClasses("train", seed=recipe["data_seed"], size=recipe["train_size"],
                               num_classes=recipe["num_classes"], image_size=recipe["image_size"])
-    batches = _loader(dataset, _BatchOrder(len(dataset), recipe["batch_size"], recipe["data_seed"], start, end),
-                      workers)
+    order = _BatchOrder(len(dataset), recipe["batch_size"], recipe["data_seed"], state.iteration, end)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    bar = tqdm(total=recipe["max_iter"], initial=start, desc=name, disable=not progress, unit="it",
+    bar = tqdm(total=recipe["max_iter"], initial=state.iteration, desc=name, disable=not progress, unit="it",
                dynamic_ncols=True)
-    it = start
-    t_train = time.perf_counter()
-    for images_b, labels in batches:
-        loss = loss_fn(model(images_b), labels)
+    t_batch = time.perf_counter()
+    for images, labels in _loader(dataset, order, workers):
+        loss = loss_fn(model(images), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the training loss became {loss.item()} at iteration {it}; lower "
-                                     "base_lr (--recipe-override base_lr=...) and start over")
+            raise FloatingPointError(f"{name}: the training loss became {loss.item()} at iteration "
+                                     f"{state.iteration}; lower base_lr (--recipe-override base_lr=...) and start over")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        recent.append(loss.item())
-        it += 1
-        images += len(labels)
+        state.recent_losses.append(loss.item())
+        state.iteration += 1
+        state.images += len(labels)
+        now = time.perf_counter()
+        state.train_s += now - t_batch  # data waiting included: the rate a run gets
+        t_batch = now
         bar.update(1)
-        if it % 20 == 0 or it == end:
-            bar.set_postfix(loss=f"{np.mean(recent):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
-        if it % checkpoint_period == 0 or it == end:
-            now = time.perf_counter()
-            _save_resume(resume_path, model, optimizer, scheduler, it, recent, elapsed + now - t_session,
-                         (images, train_s + now - t_train), load_start, recipe)
+        if state.iteration % 20 == 0 or state.iteration == end:
+            bar.set_postfix(loss=f"{np.mean(state.recent_losses):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+        if state.iteration % checkpoint_period == 0 or state.iteration == end:
+            save()
+            t_batch = time.perf_counter()  # the save is not training time
     bar.close()
-    now = time.perf_counter()
-    elapsed += now - t_session
-    train_s += now - t_train
-    if it < recipe["max_iter"]:
-        log(f"{name}: stopped after iteration {it}; run the same command again to continue from {resume_path}")
+    if state.iteration < recipe["max_iter"]:
+        log(f"{name}: stopped after iteration {state.iteration}; run the same command again to continue from "
+            f"{resume_path}")
         return None
 
     t_eval = time.perf_counter()
     top1 = evaluate(model, recipe, workers=workers, progress=progress)
-    elapsed += time.perf_counter() - t_eval
+    eval_s = time.perf_counter() - t_eval
+    overrides = {k: v for k, v in recipe.items() if v != recipe_for(recipe["depth"])[k]}
     record = {
         "name": name, "hash": recipe_hash(recipe), "recipe": recipe, "generator_version": GENERATOR_VERSION,
-        "trainer_version": TRAINER_VERSION, "file": os.path.basename(final),
-        "val_top1": round(top1, 2), "final_train_loss": round(float(np.mean(recent)), 4),
-        "final_train_loss_over_iterations": len(recent), "wall_s": round(elapsed, 1),
-        "train_images_per_s": round(images / max(train_s, 1e-9), 1), "eval_s": round(time.perf_counter() - t_eval, 1),
-        "loadavg_start": load_start, "loadavg_end": _loadavg(), "torch_threads": torch.get_num_threads(),
+        "trainer_version": TRAINER_VERSION, "file": os.path.basename(final), "command": build_command(recipe["depth"], overrides),
+        "val_top1": round(top1, 2), "final_train_loss": round(float(np.mean(state.recent_losses)), 4),
+        "final_train_loss_iterations": len(state.recent_losses),
+        "wall_s": round(elapsed_before + time.perf_counter() - t_session, 1),
+        "train_images_per_s": round(state.images / max(state.train_s, 1e-9), 1), "eval_s": round(eval_s, 1),
+        "loadavg_start": state.loadavg_start, "loadavg_end": _loadavg(), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    # the log first: a file in the cache always has its log beside it
+    # the log first: a backbone file in the cache always has its log beside it
     with atomic_open(os.path.splitext(final)[0] + ".json", "w") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
@@ -357,9 +396,9 @@ def main(argv=None):
                           "batch_size": recipe["batch_size"], **res,
                           "estimated_training_h_for_max_iter": round(est_h, 2)}, indent=2))
         return 0
-    out = pretrain(recipe, args.cache_dir, checkpoint_period=args.checkpoint_period, stop_after=args.stop_after,
-                   workers=args.workers, progress=not args.no_progress)
-    return 0 if out or args.stop_after else 1
+    pretrain(recipe, args.cache_dir, checkpoint_period=args.checkpoint_period, stop_after=args.stop_after,
+             workers=args.workers, progress=not args.no_progress)
+    return 0
 
 
 if __name__ == "__main__":

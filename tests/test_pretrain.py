@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -158,9 +159,12 @@ def test_tiny_run_writes_a_loadable_backbone_and_the_second_call_is_a_cache_hit(
                              "warmup_iters": 1})
     path = checkpoint_path(recipe, str(tmp_path))
     assert os.path.isfile(path) and "wrote " + path in out.getvalue()
-    assert sorted(os.listdir(tmp_path)) == [recipe_name(recipe) + ".json", recipe_name(recipe) + ".pth"]
+    assert sorted(f for f in os.listdir(tmp_path) if not f.endswith(".lock")) == [
+        recipe_name(recipe) + ".json", recipe_name(recipe) + ".pth"]
     log = json.load(open(path[:-4] + ".json"))
     assert log["recipe"] == recipe and log["hash"] == recipe_hash(recipe)
+    # the command that rebuilds it: the overrides, in a form --recipe-override reads back
+    assert log["command"].startswith("python tools/pretrain_backbone.py --depth 18 --recipe-override max_iter=3")
     for key in ("wall_s", "train_images_per_s", "final_train_loss", "val_top1", "loadavg_start", "loadavg_end"):
         assert log[key] is not None, key
     assert 0 <= log["val_top1"] <= 100
@@ -179,6 +183,11 @@ def test_tiny_run_writes_a_loadable_backbone_and_the_second_call_is_a_cache_hit(
     with contextlib.redirect_stdout(out):
         assert main(args) == 0
     assert "already built, nothing to do: " + path in out.getvalue() and os.path.getmtime(path) == mtime
+    # so does the command in the log (with the cache directory added)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(shlex.split(log["command"])[2:] + ["--cache-dir", str(tmp_path), "--no-progress"]) == 0
+    assert "already built" in out.getvalue()
     # --print-recipe names the same file
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -192,7 +201,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
     full = quiet_pretrain(recipe, tmp_path / "full", checkpoint_period=100)
     assert quiet_pretrain(recipe, tmp_path / "split", checkpoint_period=100, stop_after=2) is None
     resume_file = tmp_path / "split" / (recipe_name(recipe) + ".resume.pth")
-    assert state_of(resume_file)["iteration"] == 2
+    assert state_of(resume_file)["progress"]["iteration"] == 2
     torch.manual_seed(999)  # the caller's RNG state must not matter: the resume state restores it
     np.random.seed(999)
     split = quiet_pretrain(recipe, tmp_path / "split", checkpoint_period=100)
@@ -229,7 +238,7 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
         proc.wait()
     if not resume_file.exists():
         pytest.fail("no resume state before the kill: " + proc.stderr.read().decode()[-2000:])
-    stopped_at = state_of(resume_file)["iteration"]
+    stopped_at = state_of(resume_file)["progress"]["iteration"]
     assert 1 <= stopped_at <= n
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(flags + ["--cache-dir", str(killed)]) == 0
@@ -237,6 +246,26 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     a, b = state_of(full)["model"], state_of(checkpoint_path(recipe, str(killed)))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"killed after iteration {stopped_at}"
     assert not glob.glob(str(killed / ".*tmp*"))  # no temporary file left by the kill is kept after the run
+
+
+def test_a_second_process_on_the_same_recipe_is_refused(tmp_path):
+    """Two runs of one recipe into one cache would overwrite each other's resume state: the second stops with an
+    error naming the first; another recipe (another depth) in the same cache is not blocked."""
+    recipe = tiny()
+    lock_file = tmp_path / f".{recipe_name(recipe)}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(lock_file)!r}, 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); f.write('pid 4242'); f.flush()\n"
+        "print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=f"{recipe_name(recipe)} is being pre-trained into .* by pid 4242"):
+            quiet_pretrain(recipe, tmp_path)
+        assert quiet_pretrain(tiny(34, max_iter=1), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert quiet_pretrain(recipe, tmp_path)  # the lock dies with its process
 
 
 # ------------------------------------------------------------------------------------------------------------
