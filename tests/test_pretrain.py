@@ -218,9 +218,10 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
 
 def test_killed_process_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real tools/pretrain_backbone.py process once it has saved a resume state, run the command again:
-    the same weights as an uninterrupted run (in this process, with the same thread count)."""
+    the same weights as an uninterrupted run (in this process, with the same thread count; the killed run renders
+    its images in a loader worker, the uninterrupted one in the training process)."""
     n = 12
-    flags = ["--depth", "18", "--max-iter", str(n), "--classes", "4", "--image-size", "32", "--workers", "0",
+    flags = ["--depth", "18", "--max-iter", str(n), "--classes", "4", "--image-size", "32", "--workers", "1",
              "--checkpoint-period", "1", "--no-progress"] + [
         a for k, v in TINY.items() if k not in ("image_size", "num_classes") for a in ("--recipe-override", f"{k}={v}")]
     recipe = tiny(max_iter=n)
