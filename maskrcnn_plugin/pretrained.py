@@ -1,9 +1,10 @@
 """Pre-trained backbones: the frozen recipes, their cache, and ``shapes-pretrained://`` weights for configs.
 
 The paper initialises every backbone from ImageNet-pretrained weights (Sec. 3, "Network Architecture", and 3.1,
-"Implementation Details"), fine-tuned with frozen BatchNorm as in Detectron, its code base. Offline, our stand-in is a ResNet pre-trained on the
-generated classification set of `maskrcnn_plugin.data.pretrain_classes` by `maskrcnn_plugin.pretraining`
-(command: ``python tools/pretrain_backbone.py --depth 18``). This module holds what names and finds the result:
+"Implementation Details"), fine-tuned with frozen BatchNorm as in Detectron, its code base. Offline, our
+stand-in is a ResNet pre-trained on the generated classification set of `maskrcnn_plugin.data.pretrain_classes`
+by `maskrcnn_plugin.pretraining` (command: ``python tools/pretrain_backbone.py --depth 18``). This module holds
+what names and finds the result:
 
 * `RECIPES`: one frozen recipe per depth (data, image size, schedule, seed, input normalisation). A recipe's
   content hash (`recipe_hash`: the recipe, the generator's and the trainer's version strings) names its file
@@ -60,7 +61,7 @@ _PIXEL_STD = [57.375, 57.120, 58.395]
 _COMMON = dict(
     num_classes=MAX_CLASSES,  # 120 = 12 shape families x 10 fill patterns
     # 80 px: the detection images' object scale (objects of 16-200 px on 256 px images; here 29-72 px); res5 is
-    # 3 x 3 cells. R-18 fwd+bwd: 64 / 43 / 35 images/s at 64 / 80 / 96 px (20-iteration benchmark, see RECIPES).
+    # 3 x 3 cells. R-18 fwd+bwd: 64 / 43 / 35 images/s at 64 / 80 / 96 px in one session (see RECIPES).
     image_size=80,
     train_size=1_000_000,  # distinct images (global indices 0..999,999): a recipe sees each at most once
     val_size=6000,  # 50 per class
@@ -87,11 +88,12 @@ _COMMON = dict(
 # everything but the depth (the same images in the same order), as the paper's R-50 and R-101 share ImageNet.
 RECIPES = {
     # Cost, measured with `tools/pretrain_backbone.py --depth D --benchmark 20` (80 px, batch 64, fwd+bwd+step, no
-    # data) on this project's 2-core machine while another training used both cores (load average 3-5; nice'd):
-    # R-18 42.5 images/s (1.50 s/iteration), R-34 28.7 images/s (2.23 s/iteration); a 320-iteration R-18 run
-    # with its data (1 loader worker) ran at 1.3 s/iteration. 5000 iterations (320k images, under a third of
-    # one ImageNet epoch) then take ~1.8-2.1 h for R-18 and ~3.1 h for R-34 on such a shared machine, less on
-    # an idle one; evaluation (6000 val images, forward only) adds about a minute.
+    # data; rendering is ~900 images/s on one core) on this project's 2-core machine, nice'd, while another
+    # training used both cores (load average 2.6-4.9), two sessions: R-18 42.5 / 52.0 images/s (1.50 / 1.23
+    # s/iteration), R-34 28.7 / 30.1 images/s (2.23 / 2.13 s/iteration); a 320-iteration R-18 run with its data
+    # (1 loader worker) ran at 1.3 s/iteration. 5000 iterations (320k images, a quarter of one ImageNet epoch)
+    # then take ~1.7-2.1 h for R-18 and ~3.0-3.1 h for R-34 on such a shared machine, less on an idle one;
+    # evaluation (6000 val images, forward only) adds about a minute.
     18: dict(depth=18, max_iter=5000, **_COMMON),
     34: dict(depth=34, max_iter=5000, **_COMMON),
 }

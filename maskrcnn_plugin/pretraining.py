@@ -1,6 +1,7 @@
 """Pre-training a ResNet on the generated classification set: the ImageNet pre-training the paper's backbones
-start from (Sec. 3, "Network Architecture", and 3.1, "Implementation Details"), at CPU scale. `pretrain` trains one recipe of `maskrcnn_plugin.pretrained` and
-writes its backbone into the cache; ``tools/pretrain_backbone.py`` is its command line (`main`).
+start from (Sec. 3, "Network Architecture", and 3.1, "Implementation Details"), at CPU scale. `pretrain` trains
+one recipe of `maskrcnn_plugin.pretrained` and writes its backbone into the cache; ``tools/pretrain_backbone.py``
+is its command line (`main`).
 
 The network is detectron2's own ResNet (`build_resnet_backbone`: the stem and blocks the detectors build, with
 trainable BN, FREEZE_AT 0, output res5) + global average pooling + a linear classifier, on the detection configs'
@@ -21,6 +22,8 @@ then removed. If the backbone file exists, nothing is done.
 import argparse
 import collections
 import datetime
+import fcntl
+import glob
 import json
 import os
 import platform
@@ -89,7 +92,7 @@ class BackboneClassifier(nn.Module):
 
 def _optimizer(model, recipe):
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         # BN scales/shifts and biases: weight decay would only shrink them towards 0 (the usual exemption)
         (no_decay if p.ndim == 1 else decay).append(p)
     return torch.optim.SGD(
@@ -171,9 +174,6 @@ def _claim(cache_dir, name):
     """Hold ``<cache>/.<name>.lock`` (a POSIX record lock, released when the process dies): a second process
     training the same recipe would overwrite this one's resume state. Then remove the temporary files that a
     kill during a save of this recipe left. Returns the open lock file; keep it while training."""
-    import fcntl
-    import glob
-
     lock = open(os.path.join(cache_dir, f".{name}.lock"), "a+")
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -298,7 +298,8 @@ def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, 
     overrides = {k: v for k, v in recipe.items() if v != recipe_for(recipe["depth"])[k]}
     record = {
         "name": name, "hash": recipe_hash(recipe), "recipe": recipe, "generator_version": GENERATOR_VERSION,
-        "trainer_version": TRAINER_VERSION, "file": os.path.basename(final), "command": build_command(recipe["depth"], overrides),
+        "trainer_version": TRAINER_VERSION, "file": os.path.basename(final),
+        "command": build_command(recipe["depth"], overrides),
         "val_top1": round(top1, 2), "final_train_loss": round(float(np.mean(state.recent_losses)), 4),
         "final_train_loss_iterations": len(state.recent_losses),
         "wall_s": round(elapsed_before + time.perf_counter() - t_session, 1),
