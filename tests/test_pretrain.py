@@ -282,6 +282,11 @@ def test_path_handler_resolves_and_names_the_command_when_missing(tmp_path, monk
     msg = str(e.value)
     assert "python tools/pretrain_backbone.py --depth 34" in msg and checkpoint_path(recipe_for(34)) in msg
     assert ENV_CACHE_DIR in msg
+    # through detectron2's checkpointer (what train_net.py and the ablation runner use): the same error
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    with pytest.raises(FileNotFoundError, match="python tools/pretrain_backbone.py --depth 34"):
+        DetectionCheckpointer(torch.nn.Linear(1, 1)).load("shapes-pretrained://R-34")
     target = checkpoint_path(recipe_for(18))
     assert os.path.dirname(target) == str(tmp_path)
     torch.save(backbone_checkpoint({"stem.conv1.weight": torch.ones(1)}, recipe_for(18)), target)
