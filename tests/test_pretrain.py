@@ -56,6 +56,16 @@ ARMS = ("r18_s16", "r34_s16", "r18_fpn", "r34_fpn")
 TINY = {"image_size": 32, "num_classes": 4, "batch_size": 4, "val_size": 8, "warmup_iters": 1, "base_lr": 0.01}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models gain nothing from threads, and beside other work (a shared 2-core machine) a second
+    spin-waiting OpenMP thread made this file 5x slower; the killed run's process gets one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(depth=18, max_iter=3, **extra):
     return recipe_for(depth, {**TINY, "max_iter": max_iter, **extra})
 
@@ -221,14 +231,14 @@ def test_killed_process_resumes_to_the_same_weights(tmp_path):
     """SIGKILL a real tools/pretrain_backbone.py process once it has saved a resume state, run the command again:
     the same weights as an uninterrupted run (in this process, with the same thread count; the killed run renders
     its images in a loader worker, the uninterrupted one in the training process)."""
-    n = 12
+    n = 8
     flags = ["--depth", "18", "--max-iter", str(n), "--classes", "4", "--image-size", "32", "--workers", "1",
              "--checkpoint-period", "1", "--no-progress"] + [
         a for k, v in TINY.items() if k not in ("image_size", "num_classes") for a in ("--recipe-override", f"{k}={v}")]
     recipe = tiny(max_iter=n)
     killed = tmp_path / "killed"
     resume_file = killed / (recipe_name(recipe) + ".resume.pth")
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_backbone.py"), *flags, "--cache-dir", str(killed)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
