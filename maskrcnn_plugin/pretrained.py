@@ -195,8 +195,8 @@ def resolve(path, cache_dir=None):
             f"{recipe_name(current)}); build it with the --recipe-override values that made it, or use "
             f"{PREFIX}R-{depth}.")
     raise FileNotFoundError(
-        f"{path}: the pre-trained R-{depth} backbone {local} is not built yet {where}. Build it (about 2 h on 2 CPU "
-        f"cores) with: {build_command(depth)}")
+        f"{path}: the pre-trained R-{depth} backbone {local} is not built yet {where}. Build it (about 2 h for R-18, "
+        f"3 h for R-34 on 2 CPU cores) with: {build_command(depth)}")
 
 
 class ShapesPretrainedHandler(PathHandler):
