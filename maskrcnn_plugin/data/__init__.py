@@ -10,7 +10,9 @@ Modules:
   function that generates a registered dataset;
 * `coco_json`: checked loading of COCO-format json (`load_coco_json_checked`), with the field checks in
   `annotations`;
-* `mapper` and `train_loader`: detectron2's mapper and train loader with unreadable images named or skipped.
+* `mapper` and `train_loader`: detectron2's mapper and train loader with unreadable images named or skipped;
+* `pretrain_classes`: the generated classification set the backbones are pre-trained on (the ImageNet
+  stand-in; `maskrcnn_plugin.pretraining`), a torch Dataset rendered on the fly, not registered.
 """
 from .builtin import (  # noqa: F401  (registration happens on import)
     BUILTIN_SHAPES,
