@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 from maskrcnn_plugin.checkpoint import atomic_open
+from maskrcnn_plugin.pretrained import PREFIX as PRETRAINED_PREFIX
+from maskrcnn_plugin.pretrained import pinned, resolve
 
 from .paths import REPO_ROOT, RESULTS_ROOT, repo_relpath
 
@@ -105,11 +107,26 @@ def load_arm_cfg(config_file, opts=()):
 
 
 def config_hash(cfg):
-    """Short hash of the full config except OUTPUT_DIR and SEED (equal for every seed of an unchanged arm)."""
+    """Short hash of the full config except OUTPUT_DIR and SEED (equal for every seed of an unchanged arm), with
+    ``shapes-pretrained://R-<depth>`` weights pinned to the recipe they name now: a changed pre-training recipe
+    makes new backbones, so the arms trained from the old ones are not "done" any more."""
     c = cfg.clone()
     c.defrost()
     c.OUTPUT_DIR, c.SEED = "", -1
+    c.MODEL.WEIGHTS = pinned(c.MODEL.WEIGHTS)
     return hashlib.sha1(c.dump().encode()).hexdigest()[:12]
+
+
+def missing_pretrained_weights(weights):
+    """Why `weights` (MODEL.WEIGHTS) cannot be loaded when it is a ``shapes-pretrained://`` backbone that is not
+    built yet (the message names the command that builds it), else None; other paths are not checked here."""
+    if not (isinstance(weights, str) and weights.startswith(PRETRAINED_PREFIX)):
+        return None
+    try:
+        resolve(weights)
+    except (FileNotFoundError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def write_json_atomic(path, data):

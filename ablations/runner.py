@@ -24,8 +24,8 @@ from .metrics import collect_metrics
 from .paths import (CONFIGS_ROOT, OUTPUT_ROOT, REPO_ROOT, RESULTS_ROOT, TRAIN_NET, arm_config_path, arm_output_dir,
                     repo_relpath)
 from .records import (LOG_NAME, SHARED_RUN, config_hash, display_command, failure_path, git_commit,
-                      identical_run, last_error_line, load_arm_cfg, result_path, shared_run_valid, torch_threads,
-                      write_json_atomic)
+                      identical_run, last_error_line, load_arm_cfg, missing_pretrained_weights, result_path,
+                      shared_run_valid, torch_threads, write_json_atomic)
 from .tables import DEFAULT_SEEDS, AblationTable, Arm, check_arm_names, get_table
 
 CONFIG_STAMP = "arm_config_hash.txt"  # the config hash an output directory's checkpoints were trained with
@@ -116,7 +116,7 @@ class ArmOutcome:
     arm: str
     seed: int
     # "done", "shared" (another table's identical run), "skipped", "failed", "missing" (eval-only without
-    # checkpoint or results)
+    # checkpoint or results; a shapes-pretrained:// backbone not built yet)
     status: str
     result_file: Optional[str] = None
     log: Optional[str] = None
@@ -137,6 +137,7 @@ class ArmJob:
     output_dir: str
     results_root: str
     config_hash: str  # of the arm's config with run_opts
+    weights: str  # its MODEL.WEIGHTS
     previous: Optional[dict]  # the stored results record of this arm+seed, if any
 
     @property
@@ -153,11 +154,12 @@ def prepare_arm(table, scale, arm, seed, *, opts=(), configs_root=CONFIGS_ROOT, 
     config_file = arm_config_path(tab.key, scale, arm, configs_root)
     out_dir = arm_output_dir(tab.key, scale, arm, seed, output_root)
     run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out_dir]
+    cfg = load_arm_cfg(config_file, run_opts)
     job = ArmJob(
         table=tab, scale=scale, arm=arm_obj, seed=seed, opts=list(opts), run_opts=run_opts, config_file=config_file,
         result_file=result_path(tab.key, scale, arm, seed, results_root),
         failure_file=failure_path(tab.key, scale, arm, seed, results_root), output_dir=out_dir,
-        results_root=results_root, config_hash=config_hash(load_arm_cfg(config_file, run_opts)), previous=None,
+        results_root=results_root, config_hash=config_hash(cfg), weights=cfg.MODEL.WEIGHTS, previous=None,
     )
     if os.path.isfile(job.result_file):
         with open(job.result_file) as f:
@@ -242,6 +244,10 @@ def train_arm(job, *, num_gpus=1, suite_command=None, runner=run_command, log=pr
         log(f"{tag} same config (hash {current}) and seed as {twin}: its run is shared, not retrained -> "
             f"{repo_relpath(job.result_file)}")
         return ArmOutcome(job.arm.name, job.seed, "shared", job.result_file)
+    missing = missing_pretrained_weights(job.weights)
+    if missing:  # not a failure of the arm: it cannot start (and would fail in seconds) until this is built
+        log(f"{tag} not trained: {missing}")
+        return ArmOutcome(job.arm.name, job.seed, "missing")
     set_aside_stale_output(job.output_dir, current, tag, log)
     # --resume: continue from <OUTPUT_DIR>/last_checkpoint after a kill
     argv = _train_net_argv(job, num_gpus) + ["--resume"] + job.run_opts

@@ -43,6 +43,7 @@ __all__ = [
     "checkpoint_path",
     "build_command",
     "resolve",
+    "pinned",
     "ShapesPretrainedHandler",
     "register_path_handler",
     "backbone_checkpoint",
@@ -197,6 +198,18 @@ def resolve(path, cache_dir=None):
     raise FileNotFoundError(
         f"{path}: the pre-trained R-{depth} backbone {local} is not built yet {where}. Build it (about 2 h for R-18, "
         f"3 h for R-34 on 2 CPU cores) with: {build_command(depth)}")
+
+
+def pinned(path):
+    """``shapes-pretrained://R-<depth>`` as the exact recipe it means now, ``shapes-pretrained://R-<depth>-<hash12>``
+    (no file needed); any other path unchanged. A results record keyed by the pinned name goes stale when the
+    recipe changes, as it should: "R-18" then names another backbone."""
+    if not isinstance(path, str) or not path.startswith(PREFIX):
+        return path
+    m = _NAME.match(path[len(PREFIX):].strip("/"))
+    if not m or m["hash"] or int(m["depth"]) not in RECIPES:
+        return path  # already exact, or invalid (resolve names the problem when it is used)
+    return PREFIX + recipe_name(recipe_for(int(m["depth"])))
 
 
 class ShapesPretrainedHandler(PathHandler):

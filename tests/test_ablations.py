@@ -306,6 +306,12 @@ def test_config_files_and_table_arms_match():
     assert on_disk == set(ARMS)
 
 
+def _pretrained(depth):
+    """What Table 2a_pretrained's arms set besides 2a's: the pre-trained backbone, frozen BN, stem + res2 frozen."""
+    return {"MODEL.WEIGHTS": f"shapes-pretrained://R-{depth}", "MODEL.RESNETS.NORM": "FrozenBN",
+            "MODEL.BACKBONE.FREEZE_AT": 2}
+
+
 # What each arm must set (besides inheriting everything else from its table's bases).
 EXPECTED_ARM_KEYS = {
     ("2b", "softmax"): {"MODEL.ROI_MASK_HEAD.LOSS": "softmax", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False},
@@ -326,6 +332,12 @@ EXPECTED_ARM_KEYS = {
     ("2a", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"]},
     ("2a", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
     ("2a", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
+    ("2a_pretrained", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"], **_pretrained(18)},
+    ("2a_pretrained", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"], **_pretrained(34)},
+    ("2a_pretrained", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+                                   **_pretrained(18)},
+    ("2a_pretrained", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
+                                   **_pretrained(34)},
     ("2a_2x", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
     ("2a_2x", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
     ("2a", "r50_c4"): {"MODEL.RESNETS.DEPTH": 50, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads"},
@@ -397,6 +409,7 @@ EXACT_DIFF = {
     **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
     ("2a", "cpu"): _BACKBONE_CPU,
     ("2a_2x", "cpu"): {"MODEL.RESNETS.DEPTH"},
+    ("2a_pretrained", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},
     # C4 vs FPN also switches the RoI heads (res5 head, 64 RoIs, 300 proposals vs 2fc/4conv, 512, 1000), and
     # ResNeXt its weights, input normalisation and batch/lr.
     ("2a", "coco"): (_BACKBONE_CPU - {"MODEL.FPN.OUT_CHANNELS"}) | {
@@ -423,8 +436,12 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     keys = ["DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.BASE_LR",
             "SOLVER.IMS_PER_BATCH", "SOLVER.WARMUP_ITERS", "SEED", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
             "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.WEIGHTS"]
-    vals = {a.name: {k: _flat(load_arm_cfg(arm_config_path(table, "cpu", a.name)))[k] for k in keys}
-            for a in TABLES[table].arms["cpu"]}
+    cfgs = {a.name: _flat(load_arm_cfg(arm_config_path(table, "cpu", a.name))) for a in TABLES[table].arms["cpu"]}
+    if TABLES[table].protocol == "pretrained":  # the weights follow the depth
+        for flat in cfgs.values():
+            assert flat["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{flat['MODEL.RESNETS.DEPTH']}"
+            flat["MODEL.WEIGHTS"] = ""
+    vals = {name: {k: flat[k] for k in keys} for name, flat in cfgs.items()}
     first = next(iter(vals.values()))
     assert all(v == first for v in vals.values()), vals
     if table in KEYPOINT_TABLES:
@@ -1046,3 +1063,44 @@ def test_report_sets_protocols_side_by_side():
     assert row == "| **R-34-FPN** (`r18_fpn`) | mask AP | +1.8 | -0.9 ± 0.1 | no | -2.7 | +3.1 ± 0.1 | yes | +1.3 |"
     assert "| **R-34, stride-16 map (C4 stand-in)** (`r18_s16`) | mask AP | +2.4 |" in text
     assert not any(ln.startswith("| **R-18, stride-16") for ln in lines)  # the baseline has no gain row
+
+
+def test_a_protocol_table_is_its_paper_tables_arms(tmp_path):
+    """A table with `protocol` trains the arms of its paper_table (same names, labels aside, same gain
+    references) under that protocol; `protocol` without `paper_table` is an error."""
+    from ablations.tables import load_table
+
+    variants = [t for t in TABLES.values() if t.protocol]
+    assert [t.key for t in variants] == ["2a_pretrained"]
+    for tab in variants:
+        usual = TABLES[tab.paper_table]
+        for scale, arms in tab.arms.items():
+            assert [(a.name, a.paper_row, a.gain_over) for a in arms] == [
+                (a.name, a.paper_row, a.gain_over) for a in usual.arms[scale]]
+            assert tab.baseline[scale] == usual.baseline[scale]
+    (tmp_path / "x.yaml").write_text("title: t\nprotocol: pretrained\nscales:\n  cpu:\n    baseline: a\n"
+                                     "    ablated_keys: []\n    arms: [{name: a, label: A, paper_row: null}]\n")
+    with pytest.raises(ValueError, match="protocol 'pretrained' needs paper_table"):
+        load_table(str(tmp_path / "x.yaml"))
+
+
+def test_pretrained_weights_pin_the_config_hash_and_a_missing_backbone_is_not_trained(tmp_path, monkeypatch):
+    """An arm's config hash holds the recipe that "shapes-pretrained://R-18" names now (a new recipe makes its
+    results stale), and an arm whose backbone is not built is reported missing, naming the build command,
+    without starting a subprocess or writing a failure."""
+    from maskrcnn_plugin import pretrained
+
+    monkeypatch.setenv(pretrained.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    cfg = load_arm_cfg(arm_config_path("2a_pretrained", "cpu", "r18_fpn"))
+    before = records.config_hash(cfg)
+    monkeypatch.setitem(pretrained.RECIPES, 18, {**pretrained.RECIPES[18], "max_iter": 7})
+    assert records.config_hash(cfg) != before
+    assert pretrained.pinned("shapes-pretrained://R-18") == "shapes-pretrained://" + pretrained.recipe_name(
+        pretrained.recipe_for(18))
+    calls, logs = [], []
+    out = run_arm("2a_pretrained", "cpu", "r18_fpn", 0, results_root=str(tmp_path / "results"),
+                  output_root=str(tmp_path / "out"), runner=lambda argv, log: calls.append(argv) or 0,
+                  log=logs.append)
+    assert out.status == "missing" and not calls
+    assert "python tools/pretrain_backbone.py --depth 18" in "\n".join(logs)
+    assert not glob.glob(str(tmp_path / "results" / "**" / "*.json"), recursive=True)
