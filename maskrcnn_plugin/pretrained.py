@@ -3,7 +3,7 @@
 The paper initialises every backbone from ImageNet-pretrained weights (Sec. 3, "Network Architecture", and 3.1,
 "Implementation Details"), fine-tuned with frozen BatchNorm as in Detectron, its code base. Offline, our
 stand-in is a ResNet pre-trained on the generated classification set of `maskrcnn_plugin.data.pretrain_classes`
-by `maskrcnn_plugin.pretraining` (command: ``python tools/pretrain_backbone.py --depth 18``). This module holds
+by ``python tools/pretrain_backbone.py --depth 18``. This module holds
 what names and finds the result:
 
 * `RECIPES`: one frozen recipe per depth (data, image size, schedule, seed, input normalisation). A recipe's
@@ -51,7 +51,7 @@ __all__ = [
 
 ENV_CACHE_DIR = "MASKRCNN_PLUGIN_PRETRAINED"
 PREFIX = "shapes-pretrained://"
-# Bump when maskrcnn_plugin/pretraining.py changes what a recipe trains to (it is part of every recipe's hash).
+# Bump when tools/pretrain_backbone.py changes what a recipe trains to (it is part of every recipe's hash).
 TRAINER_VERSION = "pretraining-1"
 
 # The detection configs' input normalisation (configs/Base-Shapes-RCNN.yaml, BGR; tests/test_pretrain.py checks

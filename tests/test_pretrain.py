@@ -1,7 +1,6 @@
 """Backbone pre-training, the stand-in for the paper's ImageNet initialisation (issue #25, part 2): the generated
 classification set (maskrcnn_plugin/data/pretrain_classes.py), the recipes, cache and ``shapes-pretrained://``
-weights (maskrcnn_plugin/pretrained.py), the pre-training run with its exact resume (maskrcnn_plugin/pretraining.py,
-tools/pretrain_backbone.py), and the "pretrained" CPU protocol of Table 2a (configs/ablations/cpu/2a_pretrained/):
+weights (maskrcnn_plugin/pretrained.py), the pre-training run with its exact resume (tools/pretrain_backbone.py), and the "pretrained" CPU protocol of Table 2a (configs/ablations/cpu/2a_pretrained/):
 frozen BN, frozen stem + res2, the cached weights loaded into both model kinds and one training step.
 
 Everything trains tiny recipes (32 px images, a few classes, a few iterations) into temporary caches; the real
@@ -11,6 +10,7 @@ import collections
 import contextlib
 import glob
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -46,9 +46,14 @@ from maskrcnn_plugin.pretrained import (
     recipe_name,
     resolve,
 )
-from maskrcnn_plugin.pretraining import main, pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TOOL = os.path.join(REPO, "tools", "pretrain_backbone.py")
+_spec = importlib.util.spec_from_file_location("pretrain_backbone_tool", _TOOL)
+pretrain_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pretrain_tool)
+main, pretrain, BackboneClassifier = pretrain_tool.main, pretrain_tool.pretrain, pretrain_tool.BackboneClassifier
+
 ARM_DIR = os.path.join(REPO, "configs", "ablations", "cpu", "2a_pretrained")
 ARMS = ("r18_s16", "r34_s16", "r18_fpn", "r34_fpn")
 
@@ -157,7 +162,6 @@ def test_recipes_hash_and_checks():
 def test_tiny_run_writes_a_loadable_backbone_and_the_second_call_is_a_cache_hit(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from maskrcnn_plugin.pretraining import BackboneClassifier
 
     args = ["--depth", "18", "--max-iter", "3", "--classes", "4", "--image-size", "32", "--cache-dir", str(tmp_path),
             "--recipe-override", "batch_size=4", "--recipe-override", "val_size=8", "--recipe-override",

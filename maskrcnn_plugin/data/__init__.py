@@ -12,7 +12,7 @@ Modules:
   `annotations`;
 * `mapper` and `train_loader`: detectron2's mapper and train loader with unreadable images named or skipped;
 * `pretrain_classes`: the generated classification set the backbones are pre-trained on (the ImageNet
-  stand-in; `maskrcnn_plugin.pretraining`), a torch Dataset rendered on the fly, not registered.
+  stand-in; ``tools/pretrain_backbone.py``), a torch Dataset rendered on the fly, not registered.
 """
 from .builtin import (  # noqa: F401  (registration happens on import)
     BUILTIN_SHAPES,

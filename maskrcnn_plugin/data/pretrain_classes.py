@@ -2,7 +2,7 @@
 
 Every model of the paper starts from an ImageNet-pretrained ResNet / ResNeXt backbone (Sec. 3, "Network
 Architecture", and 3.1, "Implementation Details"), fine-tuned with frozen BatchNorm as in Detectron, the paper's
-code base. No ImageNet weights are reachable offline, so `maskrcnn_plugin.pretraining` pre-trains the CPU
+code base. No ImageNet weights are reachable offline, so ``tools/pretrain_backbone.py`` pre-trains the CPU
 models' ResNets on this set instead (recipes and cache: `maskrcnn_plugin.pretrained`).
 
 Each image (``image_size`` px, e.g. 80: the scale of the detection images' objects, 16-200 px) shows one large
