@@ -66,7 +66,7 @@ def test_coco_config_trains_one_step_and_infers_on_cpu(table, arm):
     expected_op = {"RoIPool": "RoIPool", "RoIWarp": "RoIWarp", "RoIAlign": "RoIAlign"}[cfg.MODEL.ROI_EXTRACTOR.METHOD]
     poolers = [getattr(heads, "pooler", None) or heads.box_pooler]
     mask_on, kp_on = cfg.MODEL.MASK_ON, cfg.MODEL.KEYPOINT_ON
-    assert mask_on or kp_on
+    assert mask_on or kp_on or table == "3", "only Table 3's Faster R-CNN arms are box-only"
     shapes = []
     if mask_on:
         mask_head = heads.mask_head
