@@ -219,11 +219,8 @@ def _table_markdown(tab, scale, summary, docs_dir, configs_root, report_path, fa
             ours = _mean_std_cell(s["mean"], s["std"], s["n"])
             if a["is_baseline"]:
                 gain, sig = "(baseline)", ""
-            elif s["gain"] is None:
-                gain, sig = "—", "—"
             else:
-                gain = _fmt(s["gain"], signed=True) + (f" ± {s['gain_se']:.1f}" if s["gain_se"] is not None else "")
-                sig = "—" if s["gain_gt_2se"] is None else ("yes" if s["gain_gt_2se"] else "no")
+                gain, sig, _ = _gain_cells(s)
             name = f"**{a['label']}** ({a['paper_row'] or '—'})" if first else ""
             if first and a.get("gain_over"):
                 name += f"; gains over `{a['gain_over']}`"
