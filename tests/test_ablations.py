@@ -307,7 +307,8 @@ def test_config_files_and_table_arms_match():
 
 
 def _pretrained(depth):
-    """What Table 2a_pretrained's arms set besides 2a's: the pre-trained backbone, frozen BN, stem + res2 frozen."""
+    """What a "pretrained" protocol arm sets besides its from-scratch arm: the pre-trained backbone, frozen BN,
+    stem + res2 frozen."""
     return {"MODEL.WEIGHTS": f"shapes-pretrained://R-{depth}", "MODEL.RESNETS.NORM": "FrozenBN",
             "MODEL.BACKBONE.FREEZE_AT": 2}
 
@@ -332,12 +333,6 @@ EXPECTED_ARM_KEYS = {
     ("2a", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"]},
     ("2a", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
     ("2a", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone"},
-    ("2a_pretrained", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"], **_pretrained(18)},
-    ("2a_pretrained", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"], **_pretrained(34)},
-    ("2a_pretrained", "r18_fpn"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
-                                   **_pretrained(18)},
-    ("2a_pretrained", "r34_fpn"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.BACKBONE.NAME": "build_resnet_fpn_backbone",
-                                   **_pretrained(34)},
     ("2a_2x", "r18_s16"): {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
     ("2a_2x", "r34_s16"): {"MODEL.RESNETS.DEPTH": 34, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "SOLVER.MAX_ITER": 1000},
     ("2a", "r50_c4"): {"MODEL.RESNETS.DEPTH": 50, "MODEL.ROI_HEADS.NAME": "AblationRes5ROIHeads"},
@@ -366,6 +361,12 @@ EXPECTED_ARM_KEYS = {
     ("5", "roialign"): {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_EXTRACTOR.METHOD": "RoIAlign",
                         "MODEL.ROI_EXTRACTOR.AGGREGATION": "avg"},
 }
+
+# the "pretrained" protocol's arms: their from-scratch table's arm (all R-18 but 2a's R-34 arms) + the protocol
+EXPECTED_ARM_KEYS.update({
+    (f"{t}_pretrained", a.name): {**EXPECTED_ARM_KEYS[(t, a.name)],
+                                  **_pretrained(EXPECTED_ARM_KEYS[(t, a.name)].get("MODEL.RESNETS.DEPTH", 18))}
+    for t in ("2a", "2c", "2d", "2e") for a in TABLES[f"{t}_pretrained"].arms["cpu"]})
 
 
 @pytest.mark.parametrize("table,scale", sorted({(t, s) for t, s, _ in ARMS}))
@@ -409,7 +410,10 @@ EXACT_DIFF = {
     **{(t, s): {_MASK + "NAME", _MASK + "MLP_DIMS"} for t, s in [("2e", "cpu"), ("2e", "coco")]},
     ("2a", "cpu"): _BACKBONE_CPU,
     ("2a_2x", "cpu"): {"MODEL.RESNETS.DEPTH"},
-    ("2a_pretrained", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},
+    ("2a_pretrained", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},  # R-34's arms load the pre-trained R-34
+    ("2c_pretrained", "cpu"): _EXTR,
+    ("2d_pretrained", "cpu"): _EXTR,
+    ("2e_pretrained", "cpu"): {_MASK + "NAME", _MASK + "MLP_DIMS"},
     # C4 vs FPN also switches the RoI heads (res5 head, 64 RoIs, 300 proposals vs 2fc/4conv, 512, 1000), and
     # ResNeXt its weights, input normalisation and batch/lr.
     ("2a", "coco"): (_BACKBONE_CPU - {"MODEL.FPN.OUT_CHANNELS"}) | {
@@ -446,7 +450,7 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
     assert all(v == first for v in vals.values()), vals
     if table in KEYPOINT_TABLES:
         assert first["DATASETS.TRAIN"] == ("shapes_person_train",) and first["DATASETS.TEST"] == ("shapes_person_val",)
-    elif table == "2d":  # stride 32: large solid shapes, no distractors (see the table's note)
+    elif TABLES[table].paper_key == "2d":  # stride 32: large solid shapes, no distractors (see the table's note)
         assert first["DATASETS.TRAIN"] == ("shapes_solid_train",)
         assert first["DATASETS.TEST"] == ("shapes_solid_val",)
     else:
@@ -1071,7 +1075,7 @@ def test_a_protocol_table_is_its_paper_tables_arms(tmp_path):
     from ablations.tables import load_table
 
     variants = [t for t in TABLES.values() if t.protocol]
-    assert [t.key for t in variants] == ["2a_pretrained"]
+    assert [t.key for t in variants] == ["2a_pretrained", "2c_pretrained", "2d_pretrained", "2e_pretrained"]
     for tab in variants:
         usual = TABLES[tab.paper_table]
         for scale, arms in tab.arms.items():

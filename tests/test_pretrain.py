@@ -54,8 +54,9 @@ pretrain_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pretrain_tool)
 main, pretrain, BackboneClassifier = pretrain_tool.main, pretrain_tool.pretrain, pretrain_tool.BackboneClassifier
 
-ARM_DIR = os.path.join(REPO, "configs", "ablations", "cpu", "2a_pretrained")
-ARMS = ("r18_s16", "r34_s16", "r18_fpn", "r34_fpn")
+# the protocol's arms with different backbones: 2a's four, and 2d's stride-32 one (res5 is its output)
+LOADING_ARMS = [("2a_pretrained", "r18_s16"), ("2a_pretrained", "r34_s16"), ("2a_pretrained", "r18_fpn"),
+                ("2a_pretrained", "r34_fpn"), ("2d_pretrained", "roipool")]
 
 # a recipe that trains in about a second: 32 px, 4 classes, batches of 4
 TINY = {"image_size": 32, "num_classes": 4, "batch_size": 4, "val_size": 8, "warmup_iters": 1, "base_lr": 0.01}
@@ -340,21 +341,38 @@ def _arm_cfg(path):
     return cfg
 
 
-def test_protocol_arms_are_2as_arms_with_pretrained_frozen_backbones():
+def _protocol_tables():
     from ablations.tables import TABLES
 
-    table = TABLES["2a_pretrained"]
-    assert [a.name for a in table.arms["cpu"]] == list(ARMS) and table.paper_key == "2a"
-    assert sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ARM_DIR, "r*.yaml"))) == sorted(ARMS)
-    for arm in ARMS:
-        ours = _flat(_arm_cfg(os.path.join(ARM_DIR, f"{arm}.yaml")))
-        theirs = _flat(_arm_cfg(os.path.join(REPO, "configs", "ablations", "cpu", "2a", f"{arm}.yaml")))
+    return [t for t in TABLES.values() if t.protocol == "pretrained"]
+
+
+def test_the_protocol_covers_tables_2a_2c_2d_2e():
+    assert sorted((t.key, t.paper_key) for t in _protocol_tables()) == [
+        ("2a_pretrained", "2a"), ("2c_pretrained", "2c"), ("2d_pretrained", "2d"), ("2e_pretrained", "2e")]
+
+
+@pytest.mark.parametrize("table", ["2a_pretrained", "2c_pretrained", "2d_pretrained", "2e_pretrained"])
+def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table):
+    """Each arm is its from-scratch table's arm plus exactly the protocol: the pre-trained backbone of its
+    depth, frozen BN, stem + res2 frozen (so the protocol is equal in every Base-*_pretrained*.yaml)."""
+    from ablations.tables import TABLES
+
+    tab = TABLES[table]
+    arm_dir = os.path.join(REPO, "configs", "ablations", "cpu", table)
+    names = [a.name for a in tab.arms["cpu"]]
+    assert names == [a.name for a in TABLES[tab.paper_key].arms["cpu"]]
+    on_disk = [os.path.basename(p)[:-5] for p in glob.glob(os.path.join(arm_dir, "*.yaml"))]
+    assert sorted(n for n in on_disk if not n.startswith("Base-")) == sorted(names)
+    for arm in names:
+        ours = _flat(_arm_cfg(os.path.join(arm_dir, f"{arm}.yaml")))
+        theirs = _flat(_arm_cfg(os.path.join(REPO, "configs", "ablations", "cpu", tab.paper_key, f"{arm}.yaml")))
         diff = {k for k in ours if ours[k] != theirs[k]} - {"OUTPUT_DIR"}
         assert diff == {"MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT"}, arm
-        depth = int(arm[1:3])
-        assert ours["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{depth}" and ours["MODEL.RESNETS.DEPTH"] == depth
+        depth = ours["MODEL.RESNETS.DEPTH"]
+        assert ours["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{depth}"
         assert (ours["MODEL.RESNETS.NORM"], ours["MODEL.BACKBONE.FREEZE_AT"]) == ("FrozenBN", 2)
-        assert ours["OUTPUT_DIR"] == f"./output/ablations/cpu/2a_pretrained/{arm}/seed0"
+        assert ours["OUTPUT_DIR"] == f"./output/ablations/cpu/{table}/{arm}/seed0"
 
 
 @pytest.fixture(scope="module")
@@ -388,22 +406,23 @@ def _one_training_step(model):
     optimizer.step()
 
 
-@pytest.mark.parametrize("arm", ARMS)
-def test_protocol_arm_loads_the_cached_backbone_frozen_and_trains(arm, protocol_cache, monkeypatch):
+@pytest.mark.parametrize("table,arm", LOADING_ARMS)
+def test_protocol_arm_loads_the_cached_backbone_frozen_and_trains(table, arm, protocol_cache, monkeypatch):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model
 
     monkeypatch.setenv(ENV_CACHE_DIR, str(protocol_cache))
-    cfg = _arm_cfg(os.path.join(ARM_DIR, f"{arm}.yaml"))
-    depth = cfg.MODEL.RESNETS.DEPTH
+    cfg = _arm_cfg(os.path.join(REPO, "configs", "ablations", "cpu", table, f"{arm}.yaml"))
+    depth, fpn = cfg.MODEL.RESNETS.DEPTH, arm.endswith("_fpn")
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    resnet = model.backbone.bottom_up if arm.endswith("_fpn") else model.backbone
+    resnet = model.backbone.bottom_up if fpn else model.backbone
     file_weights = state_of(checkpoint_path(recipe_for(depth), str(protocol_cache)))["model"]
     state = resnet.state_dict()
     # every backbone parameter and BN statistic came from the file (the stride-16 model has no res5)
-    assert set(state) == {k for k in file_weights if arm.endswith("_fpn") or not k.startswith("res5.")}
+    has_res5 = fpn or "res5" in cfg.MODEL.RESNETS.OUT_FEATURES
+    assert set(state) == {k for k in file_weights if has_res5 or not k.startswith("res5.")}
     for k, v in state.items():
         assert torch.equal(v, file_weights[k]), k
     norms = [m for m in resnet.modules() if "Norm" in type(m).__name__]
