@@ -13,6 +13,7 @@ from maskrcnn_plugin.checkpoint import atomic_open
 
 from .metrics import IOU_THRESHOLDS, METRIC_LABELS, METRIC_SOURCES, metric_value
 from .paths import CONFIGS_ROOT, DOCS_DIR, RESULTS_ROOT, arm_config_path, arm_output_dir, plot_path, repo_relpath
+from .pretraining_report import PRETRAINING_RESULTS, load_pretraining_records, pretrained_backbones_markdown
 from .records import LOG_NAME, SHARED_RUN, load_arm_cfg, load_failures, load_results, write_json_atomic
 from .suite_time import suite_time_line
 from .tables import COCO_COMMON_NOTE, CPU_COMMON_NOTE, PAPER_SOURCE, SCALES, TABLES, USUAL_PROTOCOL, paper_value
@@ -310,8 +311,9 @@ def protocols_markdown(scale, usual, variants):
 
 
 def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
-                 summary_path=None, log=print):
-    """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results."""
+                 summary_path=None, log=print, pretraining_dir=PRETRAINING_RESULTS):
+    """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results (and the
+    pre-training logs in `pretraining_dir`)."""
     results = load_results(results_root)
     failures = load_failures(results_root)
     report_path = os.path.join(docs_dir, report_name)
@@ -364,6 +366,9 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
             variants = [(t, by_key[t.key]) for t in scale_tables if t.protocol and t.paper_table == tab.key]
             if not tab.protocol and any(s["max_seeds"] for _, s in variants):
                 L.extend(protocols_markdown(scale, by_key[tab.key], variants))
+        if any(t.protocol == "pretrained" for t in scale_tables):
+            L.extend(pretrained_backbones_markdown(load_pretraining_records(pretraining_dir),
+                                                   os.path.join(docs_dir, "images", "pretraining_loss.png"), docs_dir))
     unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
                      if t not in TABLES or sc not in TABLES[t].arms)
     if unknown:

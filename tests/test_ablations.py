@@ -1108,3 +1108,34 @@ def test_pretrained_weights_pin_the_config_hash_and_a_missing_backbone_is_not_tr
     assert out.status == "missing" and not calls
     assert "python tools/pretrain_backbone.py --depth 18" in "\n".join(logs)
     assert not glob.glob(str(tmp_path / "results" / "**" / "*.json"), recursive=True)
+
+
+def test_report_lists_the_pretrained_backbones_with_their_curves(tmp_path):
+    """The pre-training logs in results/pretraining/ become the report's backbone table (current recipes marked,
+    missing ones named with their command) and a loss-curve plot; an old recipe's log stays as a row."""
+    from ablations.pretraining_report import load_pretraining_records, pretrained_backbones_markdown
+    from maskrcnn_plugin.pretrained import recipe_for, recipe_name
+
+    def record(recipe, name, top1, curve, finished):
+        return {"name": name, "recipe": recipe, "val_top1": top1, "final_train_loss": 0.9, "wall_s": 600.0,
+                "train_images_per_s": 100.0, "loadavg_start": [1.5, 1, 1], "loadavg_end": [1.75, 1, 1],
+                "finished": finished, **({"loss_curve": curve} if curve else {})}
+
+    recs = tmp_path / "pretraining"
+    recs.mkdir()
+    r18 = recipe_for(18)
+    current = record(r18, recipe_name(r18), 71.25, [[100, 4.7], [200, 3.1]], "2026-12-07T10:00:00")
+    old = record({**r18, "zero_init_residual": False}, "R-18-0123456789ab", 70.77, None, "2026-12-07T08:50:40")
+    for r in (current, old):
+        (recs / f"{r['name']}.json").write_text(json.dumps(r))
+    assert load_pretraining_records(str(tmp_path / "none")) == []
+    records = load_pretraining_records(str(recs))
+    assert [r["name"] for r in records] == ["R-18-0123456789ab", current["name"]]  # by depth, then time
+    plot = tmp_path / "docs" / "images" / "pretraining_loss.png"
+    text = "\n".join(pretrained_backbones_markdown(records, str(plot), str(tmp_path / "docs")))
+    assert f"| `{current['name']}` | yes | 71.2 | 0.900 | 4.787 | 10.0 | 100.0 | 1.50 → 1.75 |" in text
+    assert "| `R-18-0123456789ab` | no (older recipe) | 70.8 |" in text
+    assert "No record yet for the current recipe of: R-34 (`python tools/pretrain_backbone.py --depth 34`)." in text
+    assert plot.is_file() and "![pre-training loss curves](images/pretraining_loss.png)" in text
+    text = "\n".join(pretrained_backbones_markdown([old], str(tmp_path / "p2.png"), str(tmp_path)))
+    assert "loss curves" not in text and not (tmp_path / "p2.png").exists()  # no run logged a curve

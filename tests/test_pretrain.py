@@ -211,8 +211,24 @@ def test_tiny_run_writes_a_loadable_backbone_and_the_second_call_is_a_cache_hit(
     assert json.loads(out.getvalue())["file"] == path
 
 
-def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    """The recipes zero each residual block's last BN scale (the block's branch then adds 0), nothing else."""
+    for depth in (18, 34):
+        for zero in (True, False):
+            model = BackboneClassifier(recipe_for(depth, {**TINY, "zero_init_residual": zero}))
+            blocks = [m for name, m in model.backbone.named_children() if name.startswith("res")]
+            last_norms = {f"{stage}.{i}.conv2.norm.weight" for stage, n in zip(
+                ("res2", "res3", "res4", "res5"), {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]) for i in range(n)}
+            assert len(blocks) == 4
+            for name, p in model.backbone.named_parameters():
+                if name.endswith("norm.weight"):
+                    assert torch.all(p == 0) == (zero and name in last_norms), (depth, zero, name)
+    assert recipe_for(18)["zero_init_residual"] is True
+
+
+def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     """4 iterations at once vs 2, stop (what a kill leaves: the resume state of iteration 2), then 2 more."""
+    monkeypatch.setattr(pretrain_tool, "_RECENT", 1)  # a loss-curve point per iteration
     recipe = tiny(max_iter=4)
     full = quiet_pretrain(recipe, tmp_path / "full", checkpoint_period=100)
     assert quiet_pretrain(recipe, tmp_path / "split", checkpoint_period=100, stop_after=2) is None
@@ -226,6 +242,7 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     la, lb = (json.load(open(p[:-4] + ".json")) for p in (full, split))
     assert la["final_train_loss"] == lb["final_train_loss"] and la["val_top1"] == lb["val_top1"]
+    assert [it for it, _ in la["loss_curve"]] == [1, 2, 3, 4] and la["loss_curve"] == lb["loss_curve"]
     # and the weights did train: not the initialisation
     init = tiny(max_iter=4, base_lr=0.0)
     c = state_of(quiet_pretrain(init, tmp_path / "lr0"))["model"]

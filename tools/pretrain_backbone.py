@@ -25,7 +25,7 @@ with its classifier, optimizer, scheduler, iteration, recent losses, elapsed tim
 atomically to ``<cache>/R-<depth>-<hash>.resume.pth``; running the same command again after a kill continues
 from it and ends with the weights of the run that was never killed (on the same machine and thread count).
 At the end the top-1 accuracy on the val split is measured and the backbone file and a json log (recipe, hash,
-wall time, images/s, final training loss, top-1, load averages) are written atomically; the resume state is
+wall time, images/s, final training loss, the loss curve, top-1, load averages) are written atomically; the resume state is
 then removed. If the backbone file exists, nothing is done.
 """
 import argparse
@@ -86,7 +86,7 @@ class BackboneClassifier(nn.Module):
 
     def __init__(self, recipe):
         super().__init__()
-        from detectron2.layers import ShapeSpec
+        from detectron2.layers import CNNBlockBase, ShapeSpec
         from detectron2.modeling import build_resnet_backbone
 
         self.backbone = build_resnet_backbone(backbone_cfg(recipe["depth"]), ShapeSpec(channels=3))
@@ -94,6 +94,11 @@ class BackboneClassifier(nn.Module):
         self.fc = nn.Linear(channels, recipe["num_classes"])
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
+        if recipe["zero_init_residual"]:
+            for block in self.backbone.modules():
+                last = getattr(block, "conv3", None) or getattr(block, "conv2", None)
+                if isinstance(block, CNNBlockBase) and last is not None:
+                    nn.init.zeros_(last.norm.weight)
         # not persistent: they come from the recipe, not from training
         self.register_buffer("pixel_mean", torch.tensor(recipe["pixel_mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(recipe["pixel_std"]).view(1, 3, 1, 1), persistent=False)
@@ -212,17 +217,25 @@ class _Progress:
     def __init__(self):
         self.iteration, self.images, self.train_s, self.elapsed_s = 0, 0, 0.0, 0.0
         self.recent_losses = collections.deque(maxlen=_RECENT)
+        self.loss_curve = []  # [iteration, mean training loss of the _RECENT iterations up to it], every _RECENT
         self.loadavg_start = _loadavg()
+
+    def record(self, loss):
+        self.recent_losses.append(loss)
+        self.iteration += 1
+        if self.iteration % _RECENT == 0:
+            self.loss_curve.append([self.iteration, round(float(np.mean(self.recent_losses)), 4)])
 
     def state_dict(self):
         return {"iteration": self.iteration, "images": self.images, "train_s": self.train_s,
                 "elapsed_s": self.elapsed_s, "recent_losses": list(self.recent_losses),
-                "loadavg_start": self.loadavg_start}
+                "loss_curve": self.loss_curve, "loadavg_start": self.loadavg_start}
 
     def load_state_dict(self, state):
         self.iteration, self.images = state["iteration"], state["images"]
         self.train_s, self.elapsed_s = state["train_s"], state["elapsed_s"]
         self.recent_losses.extend(state["recent_losses"])
+        self.loss_curve = [list(point) for point in state["loss_curve"]]
         self.loadavg_start = state["loadavg_start"]
 
 
@@ -287,8 +300,7 @@ def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, 
         loss.backward()
         optimizer.step()
         scheduler.step()
-        state.recent_losses.append(loss.item())
-        state.iteration += 1
+        state.record(loss.item())
         state.images += len(labels)
         now = time.perf_counter()
         state.train_s += now - t_batch  # data waiting included: the rate a run gets
@@ -315,6 +327,7 @@ def pretrain(recipe, cache_dir=None, *, checkpoint_period=200, stop_after=None, 
         "command": build_command(recipe["depth"], overrides),
         "val_top1": round(top1, 2), "final_train_loss": round(float(np.mean(state.recent_losses)), 4),
         "final_train_loss_iterations": len(state.recent_losses),
+        "loss_curve": state.loss_curve,
         "wall_s": round(elapsed_before + time.perf_counter() - t_session, 1),
         "train_images_per_s": round(state.images / max(state.train_s, 1e-9), 1), "eval_s": round(eval_s, 1),
         "loadavg_start": state.loadavg_start, "loadavg_end": _loadavg(), "torch_threads": torch.get_num_threads(),
