@@ -226,6 +226,28 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
     assert recipe_for(18)["zero_init_residual"] is True
 
 
+def test_the_log_of_a_backbone_the_configs_use_is_copied_for_the_report(tmp_path):
+    """A recipe without overrides (what shapes-pretrained://R-<D> means) gets its log copied into --results-dir,
+    also when it was built before; a recipe with overrides (a test's, an experiment's) never does."""
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    cache.mkdir()
+    real = checkpoint_path(recipe_for(18), str(cache))
+    open(real, "wb").close()  # "built": pretrain() trains nothing when the file exists
+    log = {"name": recipe_name(recipe_for(18)), "val_top1": 50.0}
+    open(real[:-4] + ".json", "w").write(json.dumps(log))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--depth", "18", "--cache-dir", str(cache), "--results-dir", str(results), "--no-progress"]) == 0
+    assert "already built" in out.getvalue()
+    assert json.load(open(results / (log["name"] + ".json"))) == log
+    tiny_args = ["--depth", "18", "--max-iter", "1", "--classes", "4", "--image-size", "32", "--recipe-override",
+                 "batch_size=4", "--recipe-override", "val_size=8", "--cache-dir", str(cache), "--results-dir",
+                 str(tmp_path / "results_tiny"), "--workers", "0", "--no-progress"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(tiny_args) == 0
+    assert not (tmp_path / "results_tiny").exists()
+
+
 def test_stopped_and_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     """4 iterations at once vs 2, stop (what a kill leaves: the resume state of iteration 2), then 2 more."""
     monkeypatch.setattr(pretrain_tool, "_RECENT", 1)  # a loss-curve point per iteration

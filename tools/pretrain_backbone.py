@@ -25,8 +25,9 @@ with its classifier, optimizer, scheduler, iteration, recent losses, elapsed tim
 atomically to ``<cache>/R-<depth>-<hash>.resume.pth``; running the same command again after a kill continues
 from it and ends with the weights of the run that was never killed (on the same machine and thread count).
 At the end the top-1 accuracy on the val split is measured and the backbone file and a json log (recipe, hash,
-wall time, images/s, final training loss, the loss curve, top-1, load averages) are written atomically; the resume state is
-then removed. If the backbone file exists, nothing is done.
+wall time, images/s, final training loss, the loss curve, top-1, load averages) are written atomically; the
+resume state is then removed. If the backbone file exists, nothing is trained. For the recipes the configs use
+(no overrides) the log is then copied into results/pretraining/, where the ablation report reads it.
 """
 import argparse
 import collections
@@ -36,6 +37,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -44,6 +46,7 @@ import torch
 from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "results", "pretraining")  # the logs the ablation report reads
 if REPO not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, REPO)
 
@@ -397,6 +400,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="data-loader processes rendering images (0: in "
                                                                "the training process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--results-dir", default=RESULTS_DIR,
+                        help="where the log of a recipe the configs use (no overrides) is copied for the ablation "
+                             "report (default results/pretraining/ of this repository; '' for nowhere)")
     parser.add_argument("--print-recipe", action="store_true", help="print the recipe, its name and file; exit")
     parser.add_argument("--benchmark", type=int, metavar="N", help="time N training iterations on random "
                                                                    "batches, print images/s; writes nothing")
@@ -423,8 +429,13 @@ def main(argv=None):
                           "batch_size": recipe["batch_size"], **res,
                           "estimated_training_h_for_max_iter": round(est_h, 2)}, indent=2))
         return 0
-    pretrain(recipe, args.cache_dir, checkpoint_period=args.checkpoint_period, stop_after=args.stop_after,
-             workers=args.workers, progress=not args.no_progress)
+    final = pretrain(recipe, args.cache_dir, checkpoint_period=args.checkpoint_period, stop_after=args.stop_after,
+                     workers=args.workers, progress=not args.no_progress)
+    if final and not overrides and args.results_dir:  # a backbone the configs use: its log is the report's record
+        os.makedirs(args.results_dir, exist_ok=True)
+        log_path = os.path.splitext(final)[0] + ".json"
+        shutil.copyfile(log_path, os.path.join(args.results_dir, os.path.basename(log_path)))
+        print(f"{recipe_name(recipe)}: its log is in {os.path.join(args.results_dir, os.path.basename(log_path))}")
     return 0
 
 
