@@ -18,11 +18,8 @@ breaks it down, in one run with `--threads` torch threads, on an otherwise idle 
    timed round-robin, with the differences of the outputs (boxes, scores, classes, mask pixels after
    thresholding).
 """
-import argparse
 import collections
 import copy
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -33,7 +30,8 @@ import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_roofline import OUT_DIR, _e2e, attainable, build_r50, canonical_order, timed  # noqa: E402
+from bench_roofline import (attainable, build_r50, inference_round_robin, inference_setup,  # noqa: E402
+                            parse_args, run_record, timed, write_outputs)
 
 from maskrcnn_plugin.fold_bn import fold_frozen_batchnorm  # noqa: E402
 
@@ -116,26 +114,12 @@ def variants_round_robin(variants, repeats):
 
 def whole_model(quick, repeats):
     """bench_end_to_end's plugin R-50-FPN inference, default vs folded: s / image and output differences."""
-    e2e = _e2e()
-    s = dict(size=(160, 213) if quick else (800, 1066), images=1 if quick else 2, detections=100,
-             proposals=100 if quick else 1000, sampling_ratio=2, seed=0)
-    cfg_plugin, cfg_stock = e2e.r50_configs(s, fast_paste=True)
-    default = e2e.build_pair(cfg_plugin, cfg_stock, s["seed"], inference=True)[0].eval()
+    e2e, s, default, inputs = inference_setup(quick)
     randomize_frozen_bn(default, s["seed"])
     folded = copy.deepcopy(default)
     n_folded = fold_frozen_batchnorm(folded)
-    inputs = e2e.d2_inputs(e2e.make_images(s["images"], s["size"], s["seed"]))
-    models = (("default", default), ("folded", folded))
-    times = {name: [] for name, _ in models}
-    with torch.no_grad():
-        outs = {name: [canonical_order(m([x])[0]["instances"]) for x in inputs] for name, m in models}
-        for _ in range(repeats):
-            for name, m in models:
-                t0 = time.perf_counter()
-                for x in inputs:
-                    m([x])
-                times[name].append((time.perf_counter() - t0) / len(inputs))
-    return {"s_per_image": {k: statistics.median(v) for k, v in times.items()}, "bn_folded": n_folded,
+    times, outs = inference_round_robin((("default", default), ("folded", folded)), inputs, repeats)
+    return {"s_per_image": times, "bn_folded": n_folded,
             "output_differences": e2e.compare_d2_outputs(outs["default"], outs["folded"]),
             "size": list(s["size"]), "images": s["images"]}
 
@@ -181,13 +165,7 @@ def markdown(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="small sizes, prints only")
-    p.add_argument("--out-name", default="backbone", help="benchmarks/results/<name>.{json,md}")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(argv, __doc__, "backbone")
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
     att = attainable(args.quick, args.repeats)
@@ -206,11 +184,8 @@ def main(argv=None):
          ("folded + channels-last", folded_cl, image.contiguous(memory_format=torch.channels_last))],
         args.repeats)
     result = {
-        "command": "python benchmarks/bench_backbone.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-        "date": datetime.datetime.now().isoformat(timespec="minutes"), "threads": args.threads,
-        "machine": f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-                   f"mkldnn {torch.backends.mkldnn.is_available()}",
-        "load_before": load_before, "attainable": att, "image": [h, w], "bn_layers": bn_layers,
+        **run_record("bench_backbone.py", argv, args.threads, load_before),
+        "attainable": att, "image": [h, w], "bn_layers": bn_layers,
         "by_operator": ops, "by_operator_total_ms": total, "convs_by_kernel": kernels,
         "resnet_gflop": sum(v["gflop"] for v in kernels.values()),
         "resnet": {"s": times, "max_rel_diff": diffs},
@@ -218,12 +193,7 @@ def main(argv=None):
     }
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = time.time() - t0
-    text = markdown(result)
-    print(text)
-    if not args.quick:
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        (OUT_DIR / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (OUT_DIR / f"{args.out_name}.md").write_text(text)
+    write_outputs(result, markdown(result), args)
     return 0
 
 

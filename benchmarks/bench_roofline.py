@@ -177,28 +177,38 @@ def canonical_order(instances):
     return instances[torch.as_tensor(order)]
 
 
-def channels_last_model(quick, repeats):
-    """Whole-model channels-last vs default: inference and training, times and output differences."""
-    import copy
-
+def inference_setup(quick):
+    """(bench_end_to_end module, its settings, its plugin R-50-FPN in eval mode, its inputs): the model, images
+    and settings of the end-to-end inference benchmark (zeroed box regression, 100 detections, fast paste)."""
     e2e = _e2e()
     s = dict(size=(160, 213) if quick else (800, 1066), images=1 if quick else 2, detections=100,
              proposals=100 if quick else 1000, sampling_ratio=2, seed=0)
     cfg_plugin, cfg_stock = e2e.r50_configs(s, fast_paste=True)
     default = e2e.build_pair(cfg_plugin, cfg_stock, s["seed"], inference=True)[0].eval()
-    last = copy.deepcopy(default).to(memory_format=torch.channels_last)
-    inputs = e2e.d2_inputs(e2e.make_images(s["images"], s["size"], s["seed"]))
-    times = {"default": [], "channels_last": []}
+    return e2e, s, default, e2e.d2_inputs(e2e.make_images(s["images"], s["size"], s["seed"]))
+
+
+def inference_round_robin(models, inputs, repeats):
+    """({name: median s / image}, {name: outputs in canonical order}) of (name, model) pairs timed in turn."""
+    times = {name: [] for name, _ in models}
     with torch.no_grad():
-        outs = {name: [canonical_order(m([x])[0]["instances"]) for x in inputs]
-                for name, m in (("default", default), ("channels_last", last))}
+        outs = {name: [canonical_order(m([x])[0]["instances"]) for x in inputs] for name, m in models}
         for _ in range(repeats):
-            for name, m in (("default", default), ("channels_last", last)):
+            for name, m in models:
                 t0 = time.perf_counter()
                 for x in inputs:
                     m([x])
                 times[name].append((time.perf_counter() - t0) / len(inputs))
-    inference = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, outs
+
+
+def channels_last_model(quick, repeats):
+    """Whole-model channels-last vs default: inference and training, times and output differences."""
+    import copy
+
+    e2e, s, default, inputs = inference_setup(quick)
+    last = copy.deepcopy(default).to(memory_format=torch.channels_last)
+    inference, outs = inference_round_robin((("default", default), ("channels_last", last)), inputs, repeats)
     inference["output_differences"] = e2e.compare_d2_outputs(outs["default"], outs["channels_last"])
 
     cfg, _ = e2e.train_configs({}, e2e.TRAIN_CFG)
@@ -278,14 +288,40 @@ def markdown(result):
     return "\n".join(L) + "\n"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv, doc, out_name):
+    """The options every roofline-style benchmark takes."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="small sizes, prints only")
-    p.add_argument("--out-name", default="roofline", help="benchmarks/results/<name>.{json,md}")
+    p.add_argument("--out-name", default=out_name, help="benchmarks/results/<name>.{json,md}")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    return args
+
+
+def run_record(script, argv, threads, load_before):
+    """How a result was produced: the command, date, machine, threads and the load average before it."""
+    return {
+        "command": f"python benchmarks/{script}" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "date": datetime.datetime.now().isoformat(timespec="minutes"), "threads": threads,
+        "machine": f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+                   f"mkldnn {torch.backends.mkldnn.is_available()}",
+        "load_before": load_before,
+    }
+
+
+def write_outputs(result, text, args):
+    """Print the markdown; unless --quick, write benchmarks/results/<out-name>.{json,md}."""
+    print(text)
+    if not args.quick:
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        (OUT_DIR / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (OUT_DIR / f"{args.out_name}.md").write_text(text)
+
+
+def main(argv=None):
+    args = parse_args(argv, __doc__, "roofline")
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.time()
     att = attainable(args.quick, args.repeats)
@@ -301,22 +337,14 @@ def main(argv=None):
     whole = channels_last_model(args.quick, args.repeats)
     date, rows = end_to_end_ratios()
     result = {
-        "command": "python benchmarks/bench_roofline.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-        "date": datetime.datetime.now().isoformat(timespec="minutes"), "threads": args.threads,
-        "machine": f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-                   f"mkldnn {torch.backends.mkldnn.is_available()}",
-        "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+        **run_record("bench_roofline.py", argv, args.threads, load_before),
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "wall_s": time.time() - t0, "attainable": att, "stages": measured,
         "channels_last": {"default_s": default_s, "channels_last_s": last_s, "max_rel_diff": diff},
         "channels_last_model": whole,
         "end_to_end_date": date, "end_to_end": rows,
     }
-    text = markdown(result)
-    print(text)
-    if not args.quick:
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        (OUT_DIR / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (OUT_DIR / f"{args.out_name}.md").write_text(text)
+    write_outputs(result, markdown(result), args)
     return 0
 
 
