@@ -380,17 +380,6 @@ def _arm_cfg(path):
     return cfg
 
 
-def _protocol_tables():
-    from ablations.tables import TABLES
-
-    return [t for t in TABLES.values() if t.protocol == "pretrained"]
-
-
-def test_the_protocol_covers_tables_2a_2c_2d_2e():
-    assert sorted((t.key, t.paper_key) for t in _protocol_tables()) == [
-        ("2a_pretrained", "2a"), ("2c_pretrained", "2c"), ("2d_pretrained", "2d"), ("2e_pretrained", "2e")]
-
-
 @pytest.mark.parametrize("table", ["2a_pretrained", "2c_pretrained", "2d_pretrained", "2e_pretrained"])
 def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table):
     """Each arm is its from-scratch table's arm plus exactly the protocol: the pre-trained backbone of its
