@@ -99,8 +99,9 @@ RECIPES = {
     # (1 loader worker) ran at 1.3 s/iteration. 5000 iterations (320k images, a quarter of one ImageNet epoch)
     # then take ~1.7-2.1 h for R-18 and ~3.0-3.1 h for R-34 on such a shared machine, less on an idle one;
     # evaluation (6000 val images, forward only) adds about a minute.
-    # Measured whole runs: R-18 53.8 min (first recipe), R-34 97.3 min (~15 min of it beside niced test runs);
-    # logs in results/pretraining/.
+    # Measured whole runs: R-34 97.3 min (~15 min of it beside niced test runs); R-18 65.9 min as recorded, over
+    # two sessions with ~7 min of it paused and ~4 min beside a test run (~1.6 it/s quiet: ~52 min); the first
+    # recipe's R-18 53.8 min. Logs in results/pretraining/.
     18: dict(depth=18, max_iter=5000, **_COMMON),
     34: dict(depth=34, max_iter=5000, **_COMMON),
 }
