@@ -14,6 +14,7 @@ from maskrcnn_plugin.pretrained import RECIPES, build_command, recipe_for, recip
 from .paths import REPO_ROOT
 
 PRETRAINING_RESULTS = os.path.join(REPO_ROOT, "results", "pretraining")
+BN_SHIFT_FILE = "bn_shift.json"  # tools/frozen_bn_shift.py's output in the same directory (not a run log)
 
 
 def load_pretraining_records(records_dir=PRETRAINING_RESULTS):
@@ -22,10 +23,40 @@ def load_pretraining_records(records_dir=PRETRAINING_RESULTS):
         return []
     records = []
     for name in sorted(os.listdir(records_dir)):
-        if name.endswith(".json"):
+        if name.endswith(".json") and name != BN_SHIFT_FILE:
             with open(os.path.join(records_dir, name), encoding="utf-8") as f:
                 records.append(json.load(f))
     return sorted(records, key=lambda r: (r["recipe"]["depth"], r["finished"]))
+
+
+def load_bn_shift(records_dir=PRETRAINING_RESULTS):
+    """tools/frozen_bn_shift.py's record in `records_dir`, or None."""
+    path = os.path.join(records_dir, BN_SHIFT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def bn_shift_markdown(record):
+    """Per backbone and stage, the median |Δmean|/σ and variance ratio of the frozen BN layers' inputs on each
+    image set of `record` (tools/frozen_bn_shift.py's): how far each set is from the statistics BN froze."""
+    sets = record["sets"]
+    L = ["How far the detection images are from the statistics frozen BN keeps (`tools/frozen_bn_shift.py`, "
+         f"{record['images_per_set']} images of each set): per stage, the median over its BN layers of "
+         "|Δmean|/σ (the layer input's channel mean minus the running mean, in running standard deviations; "
+         "median over channels) and of the variance ratio (input variance / running variance). The pre-training "
+         "val images are the control (about 0 and 1); a variance ratio far from 1 on the detection images means "
+         "the layers after it see inputs at a scale they were not trained on, which frozen BN cannot correct.", "",
+         "| backbone | stage | " + " | ".join(f"{s}: \\|Δmean\\|/σ | {s}: var ratio" for s in sets) + " |",
+         "|---|---|" + "---|---|" * len(sets)]
+    for b in record["backbones"]:
+        for i, stage in enumerate(b["stages"][sets[0]]):
+            cells = " | ".join(f"{b['stages'][s][stage][0]:.2f} | {b['stages'][s][stage][1]:.2f}" for s in sets)
+            name = f"`{b['name']}`" if i == 0 else ""
+            L.append(f"| {name} | {stage} | {cells} |")
+    L.append("")
+    return L
 
 
 def plot_loss_curves(records, path):
@@ -56,9 +87,10 @@ def plot_loss_curves(records, path):
     return path
 
 
-def pretrained_backbones_markdown(records, plot_file, docs_dir):
+def pretrained_backbones_markdown(records, plot_file, docs_dir, bn_shift=None):
     """The report's lines: a table of the runs (those the configs use now marked), the missing backbones with
-    their commands, and the loss-curve plot (written to `plot_file`) when a run logged its curve."""
+    their commands, the loss-curve plot (written to `plot_file`) when a run logged its curve, and the frozen-BN
+    shift table when `bn_shift` (tools/frozen_bn_shift.py's record) is given."""
     current = {recipe_name(recipe_for(d)): d for d in RECIPES}
     L = ["### Pre-trained backbones of the \"pretrained\" protocol", "",
          "Each run's log, written by `python tools/pretrain_backbone.py --depth <D>` beside the backbone in the "
@@ -82,4 +114,6 @@ def pretrained_backbones_markdown(records, plot_file, docs_dir):
         L += [f"No record yet for the current recipe of: {', '.join(missing)}.", ""]
     if plot_loss_curves(records, plot_file):
         L += [f"![pre-training loss curves]({os.path.relpath(plot_file, docs_dir)})", ""]
+    if bn_shift:
+        L += bn_shift_markdown(bn_shift)
     return L

@@ -13,7 +13,12 @@ from maskrcnn_plugin.checkpoint import atomic_open
 
 from .metrics import IOU_THRESHOLDS, METRIC_LABELS, METRIC_SOURCES, metric_value
 from .paths import CONFIGS_ROOT, DOCS_DIR, RESULTS_ROOT, arm_config_path, arm_output_dir, plot_path, repo_relpath
-from .pretraining_report import PRETRAINING_RESULTS, load_pretraining_records, pretrained_backbones_markdown
+from .pretraining_report import (
+    PRETRAINING_RESULTS,
+    load_bn_shift,
+    load_pretraining_records,
+    pretrained_backbones_markdown,
+)
 from .records import LOG_NAME, SHARED_RUN, load_arm_cfg, load_failures, load_results, write_json_atomic
 from .suite_time import suite_time_line
 from .tables import COCO_COMMON_NOTE, CPU_COMMON_NOTE, PAPER_SOURCE, SCALES, TABLES, USUAL_PROTOCOL, paper_value
@@ -368,7 +373,8 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
                 L.extend(protocols_markdown(scale, by_key[tab.key], variants))
         if any(t.protocol == "pretrained" for t in scale_tables):
             L.extend(pretrained_backbones_markdown(load_pretraining_records(pretraining_dir),
-                                                   os.path.join(docs_dir, "images", "pretraining_loss.png"), docs_dir))
+                                                   os.path.join(docs_dir, "images", "pretraining_loss.png"), docs_dir,
+                                                   load_bn_shift(pretraining_dir)))
     unknown = sorted(f"{sc}/{t}" for sc, ts in results.items() for t in ts
                      if t not in TABLES or sc not in TABLES[t].arms)
     if unknown:
