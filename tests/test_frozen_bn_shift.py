@@ -10,7 +10,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("frozen_bn_shift_tool", os.path.join(REPO, "tools", "frozen_bn_shift.py"))
+_TOOL = os.path.join(REPO, "tools", "frozen_bn_shift.py")
+_spec = importlib.util.spec_from_file_location("frozen_bn_shift_tool", _TOOL)
 tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tool)
 
