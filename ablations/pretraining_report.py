@@ -24,8 +24,15 @@ def load_pretraining_records(records_dir=PRETRAINING_RESULTS):
     records = []
     for name in sorted(os.listdir(records_dir)):
         if name.endswith(".json") and name != BN_SHIFT_FILE:
-            with open(os.path.join(records_dir, name), encoding="utf-8") as f:
-                records.append(json.load(f))
+            path = os.path.join(records_dir, name)
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            missing = {"name", "recipe", "finished", "val_top1"} - set(record if isinstance(record, dict) else ())
+            if missing:
+                raise ValueError(f"{path}: not a pre-training log of tools/pretrain_backbone.py (no "
+                                 f"{', '.join(sorted(missing))}); every other .json in {records_dir} is read as one, "
+                                 f"so move it elsewhere")
+            records.append(record)
     return sorted(records, key=lambda r: (r["recipe"]["depth"], r["finished"]))
 
 

@@ -101,3 +101,11 @@ def test_a_backbone_not_built_is_named_with_its_build_command(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match=r"tools/pretrain_backbone.py --depth 18"):
         tool.main(["--depth", "18", "--out-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_json_that_is_not_a_pretraining_log_is_named(tmp_path):
+    from ablations.pretraining_report import load_pretraining_records
+
+    (tmp_path / "notes.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ValueError, match=r"notes\.json: not a pre-training log .*no finished, recipe, val_top1"):
+        load_pretraining_records(str(tmp_path))
