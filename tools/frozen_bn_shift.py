@@ -84,15 +84,13 @@ def stage_medians(shifts):
 
 
 def _frozen_backbone(depth, weights):
-    from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import build_resnet_backbone
 
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth in (18, 34) else 256
+    from tools.pretrain_backbone import backbone_cfg  # the pre-trained network, here with frozen BN
+
+    cfg = backbone_cfg(depth)
     cfg.MODEL.RESNETS.NORM = "FrozenBN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
     backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
     state = torch.load(weights, map_location="cpu", weights_only=False)["model"]
     missing, unexpected = backbone.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
