@@ -15,7 +15,13 @@ what names and finds the result:
 * `ShapesPretrainedHandler`, an iopath path handler (registered with detectron2's ``PathManager`` by
   ``import maskrcnn_plugin``) for ``MODEL.WEIGHTS: "shapes-pretrained://R-18"`` (the current R-18 recipe's file)
   or ``"shapes-pretrained://R-18-<hash12>"`` (one exact recipe's file). A missing file is a FileNotFoundError
-  that names the command building it.
+  that names the command building it;
+* ``shapes-pretrained://R-18@shapes_train``: the same backbone with its BatchNorm statistics re-estimated on the
+  detection images of the registered dataset ``shapes_train`` (`BN_REESTIMATION`; built from the cached backbone
+  by ``python tools/reestimate_bn.py --depth 18 --dataset shapes_train``). Fine-tuning with frozen BN assumes the
+  pre-training images' statistics hold on the detection images, as ImageNet's roughly hold on COCO; ours do not
+  (``tools/frozen_bn_shift.py``), so this variant gives the frozen layers the detection images' statistics and
+  keeps every learnt weight.
 
 The file holds the bare ResNet (``stem.*``, ``res2.*`` .. ``res5.*``, BN statistics included, no classifier) in
 detectron2's checkpoint format with ``matching_heuristics`` set, so `DetectionCheckpointer` matches its keys by
@@ -44,6 +50,9 @@ __all__ = [
     "build_command",
     "resolve",
     "pinned",
+    "BN_REESTIMATION",
+    "reestimated_checkpoint_path",
+    "reestimate_command",
     "ShapesPretrainedHandler",
     "register_path_handler",
     "backbone_checkpoint",
@@ -107,6 +116,13 @@ RECIPES = {
 }
 
 
+# How `tools/reestimate_bn.py` re-estimates a backbone's BN statistics for ``@<dataset>`` (part of the file's name:
+# changing a value makes a new file). The first `images` images of the dataset in its stored order, at their stored
+# size (the configs' input size) with the recipe's pixel mean and std, in batches of `batch_size`; the population
+# mean and variance of every BN layer's input over them (fvcore's precise BN), in one pass.
+BN_REESTIMATION = dict(images=512, batch_size=16, version="bn-reestimation-1")
+
+
 def get_cache_dir():
     """Where pre-trained backbones are cached: $MASKRCNN_PLUGIN_PRETRAINED, else ``./pretrained_cache`` in the
     working directory (read at each call, as the datasets' root)."""
@@ -168,6 +184,22 @@ def checkpoint_path(recipe, cache_dir=None):
     return os.path.join(cache_dir or get_cache_dir(), recipe_name(recipe) + ".pth")
 
 
+def _reestimated_stem(name, dataset):
+    blob = json.dumps({"dataset": dataset, **BN_REESTIMATION}, sort_keys=True)
+    return f"{name}@{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def reestimated_checkpoint_path(recipe, dataset, cache_dir=None):
+    """The cache file of `recipe`'s backbone with BN statistics re-estimated on `dataset`:
+    ``R-<depth>-<hash12>@<dataset>-<hash8>.pth`` (hash8: the dataset and `BN_REESTIMATION`)."""
+    return os.path.join(cache_dir or get_cache_dir(), _reestimated_stem(recipe_name(recipe), dataset) + ".pth")
+
+
+def reestimate_command(depth, dataset):
+    """The command line that builds ``shapes-pretrained://R-<depth>@<dataset>`` from the cached R-<depth>."""
+    return f"python tools/reestimate_bn.py --depth {depth} --dataset {dataset}"
+
+
 def build_command(depth, overrides=None):
     """The command line that builds the backbone of ``recipe_for(depth, overrides)``."""
     cmd = f"python tools/pretrain_backbone.py --depth {depth}"
@@ -176,27 +208,46 @@ def build_command(depth, overrides=None):
     return cmd
 
 
-_NAME = re.compile(r"^R-(?P<depth>\d+)(-(?P<hash>[0-9a-f]{12}))?$")
+# R-<depth>[-<hash12>][@<dataset>[-<hash8>]]: hash12 pins the recipe, hash8 the BN re-estimation (`pinned`)
+_NAME = re.compile(r"^R-(?P<depth>\d+)(-(?P<hash>[0-9a-f]{12}))?"
+                   r"(@(?P<dataset>[A-Za-z0-9_.]+)(-(?P<bn_hash>[0-9a-f]{8}))?)?$")
 
 
 def resolve(path, cache_dir=None):
-    """The local file of ``shapes-pretrained://R-<depth>[-<hash12>]``; FileNotFoundError (naming the command that
-    builds it) when it is not in the cache."""
+    """The local file of ``shapes-pretrained://R-<depth>[-<hash12>][@<dataset>[-<hash8>]]``; FileNotFoundError
+    (naming the command that builds it) when it is not in the cache."""
     if not path.startswith(PREFIX):
         raise ValueError(f"{path!r} is not a {PREFIX} path")
     name = path[len(PREFIX):].strip("/")
     m = _NAME.match(name)
     if not m or int(m["depth"]) not in RECIPES:
-        raise ValueError(f"{path!r}: expected {PREFIX}R-<depth> or {PREFIX}R-<depth>-<hash12> with a depth in "
-                         f"{sorted(RECIPES)}, e.g. {PREFIX}R-18")
+        raise ValueError(f"{path!r}: expected {PREFIX}R-<depth> or {PREFIX}R-<depth>-<hash12>, optionally followed "
+                         f"by @<detection dataset>, with a depth in {sorted(RECIPES)}, e.g. {PREFIX}R-18 or "
+                         f"{PREFIX}R-18@shapes_train")
     depth = int(m["depth"])
     cache_dir = cache_dir or get_cache_dir()
     current = recipe_for(depth)
-    local = os.path.join(cache_dir, (name if m["hash"] else recipe_name(current)) + ".pth")
-    if os.path.isfile(local):
-        return local
+    base = f"R-{depth}-{m['hash']}" if m["hash"] else recipe_name(current)
     where = (f"(cache directory {cache_dir}: ${ENV_CACHE_DIR}, else ./pretrained_cache in the working "
              "directory; the command writes into the same one)")
+    if m["dataset"]:
+        stem = _reestimated_stem(base, m["dataset"])
+        if m["bn_hash"] and not stem.endswith("-" + m["bn_hash"]):
+            raise FileNotFoundError(f"{path}: re-estimated by another BN_REESTIMATION than the current one ({stem}); "
+                                    f"use {PREFIX}R-{depth}@{m['dataset']}")
+        local = os.path.join(cache_dir, stem + ".pth")
+        if os.path.isfile(local):
+            return local
+        if m["hash"] and m["hash"] != recipe_hash(current):
+            raise FileNotFoundError(f"{path}: no file {local} {where}; {reestimate_command(depth, m['dataset'])} "
+                                    f"builds it from the current R-{depth} recipe only ({recipe_name(current)}).")
+        raise FileNotFoundError(
+            f"{path}: the R-{depth} backbone with BN statistics re-estimated on {m['dataset']}, {local}, is not built "
+            f"yet {where}. Build it (under a minute, once the pre-trained R-{depth} is built) with: "
+            f"{reestimate_command(depth, m['dataset'])}")
+    local = os.path.join(cache_dir, base + ".pth")
+    if os.path.isfile(local):
+        return local
     if m["hash"] and m["hash"] != recipe_hash(current):
         raise FileNotFoundError(
             f"{path}: no file {local} {where}. {name} is not the current R-{depth} recipe (that is "
@@ -208,15 +259,17 @@ def resolve(path, cache_dir=None):
 
 
 def pinned(path):
-    """``shapes-pretrained://R-<depth>`` as the exact recipe it means now, ``shapes-pretrained://R-<depth>-<hash12>``
-    (no file needed); any other path unchanged. A results record keyed by the pinned name goes stale when the
-    recipe changes, as it should: "R-18" then names another backbone."""
+    """``shapes-pretrained://R-<depth>`` as the exact recipe it means now, ``shapes-pretrained://R-<depth>-<hash12>``,
+    and ``...R-<depth>@<dataset>`` as ``...R-<depth>-<hash12>@<dataset>-<hash8>`` (no file needed); any other path
+    unchanged. A results record keyed by the pinned name goes stale when the recipe (or the BN re-estimation)
+    changes, as it should: "R-18" then names another backbone."""
     if not isinstance(path, str) or not path.startswith(PREFIX):
         return path
     m = _NAME.match(path[len(PREFIX):].strip("/"))
-    if not m or m["hash"] or int(m["depth"]) not in RECIPES:
+    if not m or int(m["depth"]) not in RECIPES or (m["hash"] and (m["bn_hash"] or not m["dataset"])):
         return path  # already exact, or invalid (resolve names the problem when it is used)
-    return PREFIX + recipe_name(recipe_for(int(m["depth"])))
+    base = f"R-{m['depth']}-{m['hash']}" if m["hash"] else recipe_name(recipe_for(int(m["depth"])))
+    return PREFIX + (_reestimated_stem(base, m["dataset"]) if m["dataset"] else base)
 
 
 class ShapesPretrainedHandler(PathHandler):

@@ -367,6 +367,12 @@ EXPECTED_ARM_KEYS.update({
     (f"{t}_pretrained", a.name): {**EXPECTED_ARM_KEYS[(t, a.name)],
                                   **_pretrained(EXPECTED_ARM_KEYS[(t, a.name)].get("MODEL.RESNETS.DEPTH", 18))}
     for t in ("2a", "2c", "2d", "2e") for a in TABLES[f"{t}_pretrained"].arms["cpu"]})
+# 2a_pretrained_bn: 2a_pretrained's arms from the backbones with BN statistics re-estimated on shapes_train
+EXPECTED_ARM_KEYS.update({
+    ("2a_pretrained_bn", a.name): {**EXPECTED_ARM_KEYS[("2a_pretrained", a.name)],
+                                   "MODEL.WEIGHTS": EXPECTED_ARM_KEYS[("2a_pretrained", a.name)]["MODEL.WEIGHTS"]
+                                   + "@shapes_train"}
+    for a in TABLES["2a_pretrained_bn"].arms["cpu"]})
 
 
 @pytest.mark.parametrize("table,scale", sorted({(t, s) for t, s, _ in ARMS}))
@@ -411,6 +417,7 @@ EXACT_DIFF = {
     ("2a", "cpu"): _BACKBONE_CPU,
     ("2a_2x", "cpu"): {"MODEL.RESNETS.DEPTH"},
     ("2a_pretrained", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},  # R-34's arms load the pre-trained R-34
+    ("2a_pretrained_bn", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},
     ("2c_pretrained", "cpu"): _EXTR,
     ("2d_pretrained", "cpu"): _EXTR,
     ("2e_pretrained", "cpu"): {_MASK + "NAME", _MASK + "MLP_DIMS"},
@@ -441,9 +448,10 @@ def test_cpu_arms_share_data_schedule_and_seed(table):
             "SOLVER.IMS_PER_BATCH", "SOLVER.WARMUP_ITERS", "SEED", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
             "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.WEIGHTS"]
     cfgs = {a.name: _flat(load_arm_cfg(arm_config_path(table, "cpu", a.name))) for a in TABLES[table].arms["cpu"]}
-    if TABLES[table].protocol == "pretrained":  # the weights follow the depth
+    if TABLES[table].protocol:  # the weights follow the depth (2a_pretrained_bn: re-estimated on the train set)
+        suffix = "@shapes_train" if table == "2a_pretrained_bn" else ""
         for flat in cfgs.values():
-            assert flat["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{flat['MODEL.RESNETS.DEPTH']}"
+            assert flat["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{flat['MODEL.RESNETS.DEPTH']}{suffix}"
             flat["MODEL.WEIGHTS"] = ""
     vals = {name: {k: flat[k] for k in keys} for name, flat in cfgs.items()}
     first = next(iter(vals.values()))
@@ -1075,7 +1083,8 @@ def test_a_protocol_table_is_its_paper_tables_arms(tmp_path):
     from ablations.tables import load_table
 
     variants = [t for t in TABLES.values() if t.protocol]
-    assert [t.key for t in variants] == ["2a_pretrained", "2c_pretrained", "2d_pretrained", "2e_pretrained"]
+    assert [t.key for t in variants] == ["2a_pretrained", "2a_pretrained_bn", "2c_pretrained", "2d_pretrained",
+                                         "2e_pretrained"]
     for tab in variants:
         usual = TABLES[tab.paper_table]
         for scale, arms in tab.arms.items():

@@ -380,10 +380,12 @@ def _arm_cfg(path):
     return cfg
 
 
-@pytest.mark.parametrize("table", ["2a_pretrained", "2c_pretrained", "2d_pretrained", "2e_pretrained"])
-def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table):
+@pytest.mark.parametrize("table,weights_suffix", [("2a_pretrained", ""), ("2a_pretrained_bn", "@shapes_train"),
+                                                  ("2c_pretrained", ""), ("2d_pretrained", ""), ("2e_pretrained", "")])
+def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table, weights_suffix):
     """Each arm is its from-scratch table's arm plus exactly the protocol: the pre-trained backbone of its
-    depth, frozen BN, stem + res2 frozen (so the protocol is equal in every Base-*_pretrained*.yaml)."""
+    depth (2a_pretrained_bn: with BN statistics re-estimated on shapes_train), frozen BN, stem + res2 frozen (so
+    the protocol is equal in every Base-*_pretrained*.yaml)."""
     from ablations.tables import TABLES
 
     tab = TABLES[table]
@@ -398,7 +400,7 @@ def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbone
         diff = {k for k in ours if ours[k] != theirs[k]} - {"OUTPUT_DIR"}
         assert diff == {"MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT"}, arm
         depth = ours["MODEL.RESNETS.DEPTH"]
-        assert ours["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{depth}"
+        assert ours["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{depth}{weights_suffix}"
         assert (ours["MODEL.RESNETS.NORM"], ours["MODEL.BACKBONE.FREEZE_AT"]) == ("FrozenBN", 2)
         assert ours["OUTPUT_DIR"] == f"./output/ablations/cpu/{table}/{arm}/seed0"
 

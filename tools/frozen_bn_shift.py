@@ -38,7 +38,7 @@ from ablations.records import write_json_atomic  # noqa: E402
 from maskrcnn_plugin.checkpoint import atomic_open  # noqa: E402
 from maskrcnn_plugin.pretrained import RECIPES, recipe_for, recipe_name, resolve  # noqa: E402
 
-__all__ = ["bn_input_shift", "stage_medians", "main"]
+__all__ = ["bn_input_shift", "stage_medians", "detection_images", "main"]
 
 
 def bn_input_shift(model, batches):
@@ -99,11 +99,14 @@ def _frozen_backbone(depth, weights):
     return backbone
 
 
-def _detection_images(dataset, n):
+def detection_images(dataset, n):
+    """The first `n` images of the registered detection dataset, uint8 BGR (3, H, W), at their stored size."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
 
-    dicts = DatasetCatalog.get(dataset)[:n]
+    from maskrcnn_plugin.data import ensure_registered  # a shapes_<split>_s<seed>_n<num>_px<size> name, or KeyError
+
+    dicts = DatasetCatalog.get(ensure_registered(dataset))[:n]
     return [torch.from_numpy(np.ascontiguousarray(read_image(d["file_name"], format="BGR"))).permute(2, 0, 1)
             for d in dicts]
 
@@ -128,7 +131,7 @@ def main(argv=None):
     import maskrcnn_plugin  # noqa: F401  (registers the datasets and shapes-pretrained://)
 
     weights = {depth: resolve(f"shapes-pretrained://R-{depth}") for depth in args.depth}  # all built, or say so
-    detection = _detection_images(args.dataset, args.images)
+    detection = detection_images(args.dataset, args.images)
     backbones = []
     for depth in args.depth:
         recipe = recipe_for(depth)
