@@ -373,6 +373,11 @@ EXPECTED_ARM_KEYS.update({
                                    "MODEL.WEIGHTS": EXPECTED_ARM_KEYS[("2a_pretrained", a.name)]["MODEL.WEIGHTS"]
                                    + "@shapes_train"}
     for a in TABLES["2a_pretrained_bn"].arms["cpu"]})
+# 2a_pretrained_init: 2a's arms (from-scratch protocol) with the pre-trained backbone as initialisation only
+EXPECTED_ARM_KEYS.update({
+    ("2a_pretrained_init", a.name): {**EXPECTED_ARM_KEYS[("2a", a.name)],
+                                     "MODEL.WEIGHTS": EXPECTED_ARM_KEYS[("2a_pretrained", a.name)]["MODEL.WEIGHTS"]}
+    for a in TABLES["2a_pretrained_init"].arms["cpu"]})
 
 
 @pytest.mark.parametrize("table,scale", sorted({(t, s) for t, s, _ in ARMS}))
@@ -418,6 +423,7 @@ EXACT_DIFF = {
     ("2a_2x", "cpu"): {"MODEL.RESNETS.DEPTH"},
     ("2a_pretrained", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},  # R-34's arms load the pre-trained R-34
     ("2a_pretrained_bn", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},
+    ("2a_pretrained_init", "cpu"): _BACKBONE_CPU | {"MODEL.WEIGHTS"},
     ("2c_pretrained", "cpu"): _EXTR,
     ("2d_pretrained", "cpu"): _EXTR,
     ("2e_pretrained", "cpu"): {_MASK + "NAME", _MASK + "MLP_DIMS"},
@@ -1083,8 +1089,8 @@ def test_a_protocol_table_is_its_paper_tables_arms(tmp_path):
     from ablations.tables import load_table
 
     variants = [t for t in TABLES.values() if t.protocol]
-    assert [t.key for t in variants] == ["2a_pretrained", "2a_pretrained_bn", "2c_pretrained", "2d_pretrained",
-                                         "2e_pretrained"]
+    assert [t.key for t in variants] == ["2a_pretrained", "2a_pretrained_bn", "2a_pretrained_init", "2c_pretrained",
+                                         "2d_pretrained", "2e_pretrained"]
     for tab in variants:
         usual = TABLES[tab.paper_table]
         for scale, arms in tab.arms.items():

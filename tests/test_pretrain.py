@@ -380,12 +380,13 @@ def _arm_cfg(path):
     return cfg
 
 
-@pytest.mark.parametrize("table,weights_suffix", [("2a_pretrained", ""), ("2a_pretrained_bn", "@shapes_train"),
-                                                  ("2c_pretrained", ""), ("2d_pretrained", ""), ("2e_pretrained", "")])
-def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table, weights_suffix):
+@pytest.mark.parametrize("table,weights_suffix,frozen", [
+    ("2a_pretrained", "", True), ("2a_pretrained_bn", "@shapes_train", True), ("2a_pretrained_init", "", False),
+    ("2c_pretrained", "", True), ("2d_pretrained", "", True), ("2e_pretrained", "", True)])
+def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbones(table, weights_suffix, frozen):
     """Each arm is its from-scratch table's arm plus exactly the protocol: the pre-trained backbone of its
     depth (2a_pretrained_bn: with BN statistics re-estimated on shapes_train), frozen BN, stem + res2 frozen (so
-    the protocol is equal in every Base-*_pretrained*.yaml)."""
+    the protocol is equal in every Base-*_pretrained*.yaml); 2a_pretrained_init (the control) only the weights."""
     from ablations.tables import TABLES
 
     tab = TABLES[table]
@@ -398,10 +399,12 @@ def test_protocol_arms_are_the_paper_tables_arms_with_pretrained_frozen_backbone
         ours = _flat(_arm_cfg(os.path.join(arm_dir, f"{arm}.yaml")))
         theirs = _flat(_arm_cfg(os.path.join(REPO, "configs", "ablations", "cpu", tab.paper_key, f"{arm}.yaml")))
         diff = {k for k in ours if ours[k] != theirs[k]} - {"OUTPUT_DIR"}
-        assert diff == {"MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT"}, arm
+        assert diff == ({"MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT"} if frozen
+                        else {"MODEL.WEIGHTS"}), arm
         depth = ours["MODEL.RESNETS.DEPTH"]
         assert ours["MODEL.WEIGHTS"] == f"shapes-pretrained://R-{depth}{weights_suffix}"
-        assert (ours["MODEL.RESNETS.NORM"], ours["MODEL.BACKBONE.FREEZE_AT"]) == ("FrozenBN", 2)
+        assert (ours["MODEL.RESNETS.NORM"], ours["MODEL.BACKBONE.FREEZE_AT"]) == (("FrozenBN", 2) if frozen
+                                                                                 else ("BN", 0))
         assert ours["OUTPUT_DIR"] == f"./output/ablations/cpu/{table}/{arm}/seed0"
 
 
@@ -466,3 +469,28 @@ def test_protocol_arm_loads_the_cached_backbone_frozen_and_trains(table, arm, pr
         if k.startswith(("stem.", "res2.")) or ".norm." in k:
             assert torch.equal(before[k], after[k]), k  # frozen: stem, res2, and every BN's scale, shift, statistics
     assert not torch.equal(before["res4.0.conv1.weight"], after["res4.0.conv1.weight"])  # fine-tuned
+
+
+def test_init_control_arm_loads_the_cached_backbone_into_trainable_bn(protocol_cache, monkeypatch):
+    """2a_pretrained_init (the control): the same weights and BN statistics, but every layer, BN included, trains."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    monkeypatch.setenv(ENV_CACHE_DIR, str(protocol_cache))
+    cfg = _arm_cfg(os.path.join(REPO, "configs", "ablations", "cpu", "2a_pretrained_init", "r18_fpn.yaml"))
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    resnet = model.backbone.bottom_up
+    file_weights = state_of(checkpoint_path(recipe_for(18), str(protocol_cache)))["model"]
+    state = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert set(state) == set(file_weights)
+    for k, v in state.items():
+        assert torch.equal(v, file_weights[k]), k
+    norms = [m for m in resnet.modules() if "Norm" in type(m).__name__]
+    assert norms and all(isinstance(m, torch.nn.BatchNorm2d) for m in norms)
+    assert all(p.requires_grad for p in resnet.parameters())
+    before = {k: v.clone() for k, v in state.items()}
+    _one_training_step(model)
+    after = resnet.state_dict()
+    for k in ("stem.conv1.weight", "stem.conv1.norm.weight", "stem.conv1.norm.running_mean"):
+        assert not torch.equal(before[k], after[k]), k  # nothing frozen: BN statistics move too
