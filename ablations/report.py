@@ -315,6 +315,36 @@ def protocols_markdown(scale, usual, variants):
     return L
 
 
+# what protocol_levels_markdown shows per arm: (label, task, COCO metric)
+_LEVELS = (("mask AP", "segm", "AP"), ("mask AP75", "segm", "AP75"), ("mask APl", "segm", "APl"),
+           ("box AP", "bbox", "AP"))
+
+
+def protocol_levels_markdown(scale, tables, results):
+    """Each arm's own APs (mean ± std over its seeds) under each protocol: `tables` is the usual table then its
+    protocol variants, `results` {table: {arm: {seed: record}}}. The gains above compare arms within a protocol;
+    this compares a protocol with another on the same arm, mask and box AP side by side."""
+    usual = tables[0]
+    L = [f"### Table {usual.key}'s arms under each training protocol: their own APs ({scale} scale)", "",
+         "Mean ± std over each arm's seeds (n = number of seeds); box AP beside mask AP shows where a protocol "
+         "helps finding the objects but not their masks.", "",
+         "| arm | metric | " + " | ".join(f"{t.key} ({t.protocol or USUAL_PROTOCOL[scale]})" for t in tables) + " |",
+         "|---|---|" + "---|" * len(tables)]
+    for arm in usual.arms_for(scale):
+        for i, (label, task, metric) in enumerate(_LEVELS):
+            cells = []
+            for t in tables:
+                values = [r["metrics"][task][metric] for r in results.get(t.key, {}).get(arm.name, {}).values()
+                          if metric in r.get("metrics", {}).get(task, {})]
+                mean = float(np.mean(values)) if values else None
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+                cells.append(_mean_std_cell(mean, std, len(values)) + (f" (n={len(values)})" if len(values) > 1
+                                                                         else ""))
+            L.append(f"| {f'**{arm.name}**' if i == 0 else ''} | {label} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
 def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONFIGS_ROOT, report_name="ablations.md",
                  summary_path=None, log=print, pretraining_dir=PRETRAINING_RESULTS):
     """Regenerate the markdown report, the json summary and the AP-vs-IoU plots from the stored results (and the
@@ -371,6 +401,7 @@ def write_report(results_root=RESULTS_ROOT, docs_dir=DOCS_DIR, configs_root=CONF
             variants = [(t, by_key[t.key]) for t in scale_tables if t.protocol and t.paper_table == tab.key]
             if not tab.protocol and any(s["max_seeds"] for _, s in variants):
                 L.extend(protocols_markdown(scale, by_key[tab.key], variants))
+                L.extend(protocol_levels_markdown(scale, [tab] + [t for t, _ in variants], have))
         if any(t.protocol == "pretrained" for t in scale_tables):
             L.extend(pretrained_backbones_markdown(load_pretraining_records(pretraining_dir),
                                                    os.path.join(docs_dir, "images", "pretraining_loss.png"), docs_dir,

@@ -1083,6 +1083,28 @@ def test_report_sets_protocols_side_by_side():
     assert not any(ln.startswith("| **R-18, stride-16") for ln in lines)  # the baseline has no gain row
 
 
+def test_report_shows_each_arms_own_aps_under_each_protocol():
+    """Beside the gains: per arm, mask AP, AP75, APl and box AP as mean ± std over its seeds, one column per
+    protocol; an arm with one seed says so, one without runs is "—"."""
+    from ablations.report import protocol_levels_markdown
+
+    usual_tab = TABLES["2a"]
+    variant = AblationTable(key="2a_pt", title="t", arms=usual_tab.arms, baseline=usual_tab.baseline,
+                            ablated_keys=usual_tab.ablated_keys, paper_table="2a", protocol="pretrained")
+
+    def rec(mask, box):
+        return {"metrics": {"segm": {"AP": mask, "AP75": mask / 2, "APl": mask * 2}, "bbox": {"AP": box}}}
+
+    results = {"2a": {"r18_fpn": {0: rec(10.0, 15.0), 1: rec(12.0, 17.0)}},
+               "2a_pt": {"r18_fpn": {0: rec(5.0, 22.0)}}}
+    lines = protocol_levels_markdown("cpu", [usual_tab, variant], results)
+    assert "| arm | metric | 2a (from scratch) | 2a_pt (pretrained) |" in lines
+    assert "| **r18_fpn** | mask AP | 11.0 ± 1.4 (n=2) | 5.0 (1 seed) |" in lines
+    assert "|  | mask AP75 | 5.5 ± 0.7 (n=2) | 2.5 (1 seed) |" in lines
+    assert "|  | box AP | 16.0 ± 1.4 (n=2) | 22.0 (1 seed) |" in lines
+    assert "| **r34_fpn** | mask AP | — | — |" in lines
+
+
 def test_a_protocol_table_is_its_paper_tables_arms(tmp_path):
     """A table with `protocol` trains the arms of its paper_table (same names, labels aside, same gain
     references) under that protocol; `protocol` without `paper_table` is an error."""
