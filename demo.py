@@ -24,6 +24,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import maskrcnn_plugin
 from maskrcnn_plugin.data import ensure_registered, register_datasets_from_cfg
+from maskrcnn_plugin.inference import prepare_for_inference
 
 
 def get_parser():
@@ -89,6 +90,7 @@ def main(argv=None):
     metadata = MetadataCatalog.get(metadata_name)
     files = input_files(args)
     predictor = DefaultPredictor(cfg)
+    prepare_for_inference(predictor.model, cfg)  # TEST.FOLD_BATCHNORM, MODEL.CHANNELS_LAST
     os.makedirs(args.output, exist_ok=True)
     written = []
     for path in files:

@@ -8,19 +8,30 @@ import json
 import os
 import weakref
 
-import detectron2.utils.comm as comm
-from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, default_setup
+# OpenMP's idle threads spin for a while before they sleep (libgomp: 300,000 spins by default). On a 2-core
+# machine with other work the spinning thread holds a core the other job needs: a training step took ~2.8x its
+# quiet time beside one busy process. A short spin keeps it near the 2x share of the lost core; shorter still
+# costs more on a quiet machine, where each parallel region then wakes sleeping threads (measured spin counts
+# and costs: benchmarks/bench_contention.py, docs/performance.md). libgomp reads its variables once, when torch
+# loads it, so they are set before any import of torch, and never over a value the user chose.
+OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "3000"}
+if not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
+    os.environ.update(OPENMP_DEFAULTS)
 
-import maskrcnn_plugin
-from maskrcnn_plugin import compat
-from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer, RNGStates, claim_output_dir
-from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg
-from maskrcnn_plugin.data.mapper import CheckedDatasetMapper
-from maskrcnn_plugin.data.train_loader import build_checked_train_loader
-from maskrcnn_plugin.evaluation import build_evaluator
+import detectron2.utils.comm as comm  # noqa: E402  (after the OpenMP defaults)
+from detectron2.data import build_detection_test_loader  # noqa: E402
+from detectron2.engine import DefaultTrainer, TrainerBase, default_argument_parser, default_setup  # noqa: E402
+
+import maskrcnn_plugin  # noqa: E402
+from maskrcnn_plugin import compat  # noqa: E402
+from maskrcnn_plugin.checkpoint import AtomicDetectionCheckpointer, RNGStates, claim_output_dir  # noqa: E402
+from maskrcnn_plugin.data import check_num_classes, register_datasets_from_cfg  # noqa: E402
+from maskrcnn_plugin.data.mapper import CheckedDatasetMapper  # noqa: E402
+from maskrcnn_plugin.data.train_loader import build_checked_train_loader  # noqa: E402
+from maskrcnn_plugin.evaluation import build_evaluator  # noqa: E402
+from maskrcnn_plugin.inference import prepare_for_inference, to_channels_last  # noqa: E402
 # detectron2's launch plus gloo processes on CPU-only machines; launch_from_env for processes torchrun started
-from maskrcnn_plugin.launch import launch, launch_from_env, torchrun_env
+from maskrcnn_plugin.launch import launch, launch_from_env, torchrun_env  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -45,6 +56,13 @@ class Trainer(DefaultTrainer):
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **resume_state
         )
         return super().build_hooks()
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.CHANNELS_LAST:
+            to_channels_last(model)  # before the optimizer is built on its parameters
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -103,6 +121,8 @@ def main(args):
         check_weights_exist(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)
         AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # TEST.FOLD_BATCHNORM / MODEL.CHANNELS_LAST: same outputs to float32 rounding, less time
+        prepare_for_inference(model, cfg)
         results = Trainer.test(cfg, model)
         write_results(cfg, results)
         return results

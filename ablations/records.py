@@ -106,13 +106,20 @@ def load_arm_cfg(config_file, opts=()):
     return cfg
 
 
+# Keys that change how fast the same function is computed, not what (outputs equal to float32 rounding; see
+# maskrcnn_plugin/config.py): a run is the same experiment with or without them.
+SPEED_ONLY_KEYS = (("MODEL", "CHANNELS_LAST"), ("TEST", "FOLD_BATCHNORM"))
+
+
 def config_hash(cfg):
-    """Short hash of the full config except OUTPUT_DIR and SEED (equal for every seed of an unchanged arm), with
-    ``shapes-pretrained://R-<depth>`` weights pinned to the recipe they name now: a changed pre-training recipe
-    makes new backbones, so the arms trained from the old ones are not "done" any more."""
+    """Short hash of the full config except OUTPUT_DIR, SEED and SPEED_ONLY_KEYS (equal for every seed of an
+    unchanged arm), with ``shapes-pretrained://R-<depth>`` weights pinned to the recipe they name now: a changed
+    pre-training recipe makes new backbones, so the arms trained from the old ones are not "done" any more."""
     c = cfg.clone()
     c.defrost()
     c.OUTPUT_DIR, c.SEED = "", -1
+    for section, key in SPEED_ONLY_KEYS:
+        c[section].pop(key, None)
     c.MODEL.WEIGHTS = pinned(c.MODEL.WEIGHTS)
     return hashlib.sha1(c.dump().encode()).hexdigest()[:12]
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_roofline import (attainable, build_r50, inference_round_robin, inference_setup,  # noqa: E402
                             parse_args, run_record, timed, write_outputs)
 
-from maskrcnn_plugin.fold_bn import fold_frozen_batchnorm  # noqa: E402
+from maskrcnn_plugin.fold_bn import fold_batchnorm  # noqa: E402
 
 # profiler operator names -> the kind reported; the first matching substring wins, the rest is "other"
 _KINDS = (("conv", "convolution"), ("batch_norm", "batch norm"), ("relu", "ReLU"), ("clamp_min", "ReLU"),
@@ -117,7 +117,7 @@ def whole_model(quick, repeats):
     e2e, s, default, inputs = inference_setup(quick)
     randomize_frozen_bn(default, s["seed"])
     folded = copy.deepcopy(default)
-    n_folded = fold_frozen_batchnorm(folded)
+    n_folded = fold_batchnorm(folded)
     times, outs = inference_round_robin((("default", default), ("folded", folded)), inputs, repeats)
     return {"s_per_image": times, "bn_folded": n_folded,
             "output_differences": e2e.compare_d2_outputs(outs["default"], outs["folded"]),
@@ -173,7 +173,7 @@ def main(argv=None):
     randomize_frozen_bn(resnet, 0)
     bn_layers = sum(isinstance(m, FrozenBatchNorm2d) for m in resnet.modules())
     folded = copy.deepcopy(resnet)
-    fold_frozen_batchnorm(folded)
+    fold_batchnorm(folded)
     h, w = (416, 544) if args.quick else (800, 1088)
     image = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     ops, total = by_operator(resnet, image, args.repeats)

@@ -71,6 +71,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_roofline: the attainable rate, FLOP counts
 
 import detectron2  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
@@ -85,6 +86,7 @@ import maskrcnn_plugin  # noqa: E402
 from maskrcnn_plugin import compat  # noqa: E402
 from maskrcnn_plugin.data.shapes import shapes_params  # noqa: E402
 from maskrcnn_plugin.data.shapes_render import render_image  # noqa: E402
+from maskrcnn_plugin.inference import prepare_for_inference  # noqa: E402
 from maskrcnn_plugin.layers import _ext  # noqa: E402
 from maskrcnn_plugin.paste import detector_postprocess_fast, paste_masks_in_image_fast  # noqa: E402,F401
 
@@ -443,6 +445,24 @@ def mask_agreement(a, b):
             "identical_share": (sum(same) / len(same)) if same else 1.0}
 
 
+def prepared_agreement(plugin, prepared, inputs):
+    """How the prepared model's outputs differ from the plugin's, detections put in one canonical order (random
+    weights give tied scores, whose order top-k may break either way): the postprocessed differences, and the
+    largest difference of the raw mask probabilities (a pasted pixel can flip only where its probability is
+    within that of the threshold)."""
+    from bench_roofline import canonical_order
+
+    a = [canonical_order(plugin([x])[0]["instances"]) for x in inputs]
+    b = [canonical_order(prepared([x])[0]["instances"]) for x in inputs]
+    out = compare_d2_outputs(a, b)
+    raw_a = [canonical_order(r) for r in plugin.inference(inputs, do_postprocess=False)]
+    raw_b = [canonical_order(r) for r in prepared.inference(inputs, do_postprocess=False)]
+    out["raw_mask_probability_max_abs"] = max(
+        ((x.pred_masks - y.pred_masks).abs().max().item() if len(x) == len(y) and len(x) else 0.0)
+        for x, y in zip(raw_a, raw_b))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # 1 + 2: inference
 # ------------------------------------------------------------------------------------------------------------
@@ -455,8 +475,12 @@ def bench_inference(s, log):
     tv = build_torchvision(s, s["seed"])
     for m in (plugin, stock, tv):
         m.eval()
+    # The plugin as `train_net.py --eval-only` runs it: the inference speedups its config turns on.
+    cfg_prepared = cfg_plugin.clone()
+    cfg_prepared.TEST.FOLD_BATCHNORM, cfg_prepared.MODEL.CHANNELS_LAST = True, True
+    prepared = prepare_for_inference(copy.deepcopy(plugin), cfg_prepared)
     timers = {name: PoolTimer({"box": m.roi_heads.box_pooler, "mask": m.roi_heads.mask_pooler})
-              for name, m in (("plugin", plugin), ("detectron2", stock))}
+              for name, m in (("plugin", plugin), ("prepared", prepared), ("detectron2", stock))}
     plugin_pastes = {"detectron2": detector_postprocess, "fast": detector_postprocess_fast, "torchvision": tv_paste}
 
     synth = [synthetic_predictions(s["detections"], s["size"], s["seed"] + 10 + i) for i in range(len(images))]
@@ -475,6 +499,7 @@ def bench_inference(s, log):
             float("inf") if a["boxes"].shape != b["boxes"].shape else
             (a["boxes"] - b["boxes"]).abs().max().item() if len(a["boxes"]) else 0.0 for a, b in zip(ref_tv, staged_tv))
         checks["plugin_vs_stock_same_weights"] = compare_d2_outputs(ref_plugin, ref_stock)
+        checks["prepared_vs_plugin"] = prepared_agreement(plugin, prepared, inputs_d2)
         checks["fast_paste_vs_detectron2_paste"] = mask_agreement(
             [o["fast"][0] for o in staged_plugin], [o["detectron2"][0] for o in staged_plugin])
         checks["plugin_detection_box_side_px"] = box_side_stats(ref_plugin)
@@ -487,12 +512,14 @@ def bench_inference(s, log):
             "torchvision": [len(x["boxes"]) for x in ref_tv]}
         log(f"checks: {json.dumps(checks)}")
 
-        samples = {k: {st: [] for st in STAGES} for k in ("plugin", "detectron2", "torchvision")}
+        samples = {k: {st: [] for st in STAGES} for k in ("plugin", "prepared", "detectron2", "torchvision")}
         paste_samples = {k: [] for k in plugin_pastes}
+        prepared_paste_samples = {k: [] for k in ("detectron2", "fast")}
         synth_samples = {k: [] for k in plugin_pastes}
         for rep in range(s["warmup"] + s["repeats"]):
             per = {k: {st: [] for st in STAGES} for k in samples}
             per_paste = {k: [] for k in plugin_pastes}
+            per_prepared_paste = {k: [] for k in prepared_paste_samples}
             per_synth = {k: [] for k in plugin_pastes}
             for i in range(len(images)):
                 t, pt, _, _ = d2_staged(plugin, timers["plugin"], [inputs_d2[i]], plugin_pastes)
@@ -500,6 +527,12 @@ def bench_inference(s, log):
                     per["plugin"][st].append(t[st])
                 for k in plugin_pastes:
                     per_paste[k].append(pt[k])
+                t, pt, _, _ = d2_staged(prepared, timers["prepared"], [inputs_d2[i]],
+                                        {k: plugin_pastes[k] for k in prepared_paste_samples})
+                for st in STAGES:
+                    per["prepared"][st].append(t[st])
+                for k in prepared_paste_samples:
+                    per_prepared_paste[k].append(pt[k])
                 t = d2_staged(stock, timers["detectron2"], [inputs_d2[i]])[0]
                 for st in STAGES:
                     per["detectron2"][st].append(t[st])
@@ -520,19 +553,43 @@ def bench_inference(s, log):
                 for k in plugin_pastes:
                     paste_samples[k].append(statistics.mean(per_paste[k]))
                     synth_samples[k].append(statistics.mean(per_synth[k]))
+                for k in prepared_paste_samples:
+                    prepared_paste_samples[k].append(statistics.mean(per_prepared_paste[k]))
 
     med = {k: {st: 1e3 * statistics.median(v[st]) for st in STAGES} for k, v in samples.items()}
-    # "plugin + fast paste": the plugin's stages with the fast paste timed on the same raw predictions.
-    fast = dict(med["plugin"])
-    fast["paste"] = 1e3 * statistics.median(paste_samples["fast"])
-    fast["total"] = 1e3 * statistics.median(
-        [tot - d2p + fp for tot, d2p, fp in zip(samples["plugin"]["total"], paste_samples["detectron2"], paste_samples["fast"])])
-    med = {"plugin_fast_paste": fast, **med}
+
+    def with_fast_paste(name, pastes):
+        """`name`'s stages with the fast paste timed on the same raw predictions."""
+        fast = dict(med[name])
+        fast["paste"] = 1e3 * statistics.median(pastes["fast"])
+        fast["total"] = 1e3 * statistics.median(
+            [tot - d2p + fp for tot, d2p, fp in zip(samples[name]["total"], pastes["detectron2"], pastes["fast"])])
+        return fast
+    med = {"prepared_fast_paste": with_fast_paste("prepared", prepared_paste_samples),
+           "plugin_fast_paste": with_fast_paste("plugin", paste_samples), **med}
     paste_med = {k: 1e3 * statistics.median(v) for k, v in paste_samples.items()}
     synth_med = {k: 1e3 * statistics.median(v) for k, v in synth_samples.items()}
+    log("FLOP floor: counting the stages' FLOPs and measuring the attainable rate")
     return {"ms_per_image": med, "paste_ms_per_image": paste_med, "paste_synthetic_ms_per_image": synth_med,
-            "checks": checks,
+            "checks": checks, "flop_floor": flop_floor(s, plugin),
             "samples_s": {k: v["total"] for k, v in samples.items()}}
+
+
+def flop_floor(s, model):
+    """The least time the model's FLOP-bound stages could take here: their FLOPs (fvcore, bench_roofline's
+    stages: backbone + FPN, RPN head, box head + predictor on the proposals, mask head on the detections) over
+    this machine's attainable float32 rate, measured now (bench_roofline.attainable). No layout or fusion brings
+    direct float32 convolutions below it; only less arithmetic would."""
+    from bench_roofline import flops, stages
+
+    div = model.backbone.size_divisibility
+    padded = tuple(-(-x // div) * div for x in s["size"])
+    _, _, named = stages(model, s["quick"], size=padded, rois=(s["proposals"], s["detections"]))
+    with torch.no_grad():
+        gflop = {name: flops(m, inputs) / 1e9 for name, m, inputs in named if name != "ResNet-50 (bottom-up)"}
+    best = attainable_rate(s)
+    return {"padded_size": list(padded), "gflop": gflop, "attainable": _ATTAINABLE["kernels"], "attainable_gflops": best,
+            "floor_ms": 1e3 * sum(gflop.values()) / best}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -600,10 +657,40 @@ def _bench_training_config(s, log, config_file):
         log(f"training {config_file} iteration {it + 1}/{n_iter}" + (" (warm-up)" if it < s["train_warmup"] else ""))
     a, b = first_losses["plugin"], first_losses["detectron2 heads"]
     loss_diff = {k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a}
+    log(f"training {config_file}: FLOP floor")
     return {"s_per_iter": {k: {p: statistics.median(v) for p, v in d.items()} for k, d in samples.items()},
             "samples_s": {k: d["iteration"] for k, d in samples.items()},
             "first_iteration_losses": first_losses, "first_iteration_loss_rel_diff": loss_diff,
-            "batch": batch, "image_size": s["train_size"]}
+            "batch": batch, "image_size": s["train_size"],
+            "flop_floor": training_flop_floor(s, *models["plugin"], batches[0])}
+
+
+def training_flop_floor(s, model, optimizer, batch):
+    """One more training iteration of `model` under torch's FlopCounterMode (convolutions, matmuls of forward
+    and backward; a multiply-add = 2 FLOPs; RoI pooling and the elementwise work are not counted) over this
+    machine's attainable rate: the least time the iteration's arithmetic could take here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _train_iteration(model, optimizer, batch, s["seed"])
+    rate = attainable_rate(s)
+    gflop = counter.get_total_flops() / 1e9
+    return {"gflop": gflop, "attainable_gflops": rate, "floor_s": gflop / rate}
+
+
+_ATTAINABLE = {}
+
+
+def attainable_rate(s):
+    """This machine's attainable float32 GFLOP/s (bench_roofline.attainable: the better of a large GEMM and a
+    large 3x3 convolution), measured once per run."""
+    from bench_roofline import attainable
+
+    if "rate" not in _ATTAINABLE:
+        _ATTAINABLE["kernels"] = attainable(s["quick"], repeats=3)
+        _ATTAINABLE["rate"] = max(v["gflops"] for v in _ATTAINABLE["kernels"].values())
+    return _ATTAINABLE["rate"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -776,17 +863,42 @@ def render_markdown(res):
             f"{s['repeats']} repeats after {s['warmup']} warm-up; {s['detections']} detections / image, score "
             f"threshold 0, RoIAlign sampling ratio {s['sampling_ratio']})",
             "",
-            "| stage | plugin + fast paste | plugin (detectron2 paste) | detectron2 stock | torchvision "
-            "| ours / detectron2 | ours / torchvision |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| stage | ours: --eval-only defaults | plugin + fast paste, unprepared | plugin (detectron2 paste) "
+            "| detectron2 stock | torchvision | ours / detectron2 | ours / torchvision |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        has_prepared = "prepared_fast_paste" in m  # runs before the inference defaults existed lack it
         for st in STAGES:
-            ours, pl, d2, tv = (m[k][st] for k in ("plugin_fast_paste", "plugin", "detectron2", "torchvision"))
-            lines.append(f"| {STAGE_LABELS[st]} | {ours:.1f} | {pl:.1f} | {d2:.1f} | {tv:.1f} "
+            pf, pl, d2, tv = (m[k][st] for k in ("plugin_fast_paste", "plugin", "detectron2", "torchvision"))
+            ours = m["prepared_fast_paste"][st] if has_prepared else pf
+            lines.append(f"| {STAGE_LABELS[st]} | {ours:.1f} | {pf:.1f} | {pl:.1f} | {d2:.1f} | {tv:.1f} "
                          f"| {_ratio(ours, d2)} | {_ratio(ours, tv)} |")
         det = inf["checks"]["detections_per_image"]
-        lines += ["", "\"ours\" = plugin + fast paste. torchvision's paste row is its `transform.postprocess` (float masks, no"
+        lines += ["", "\"ours\" = the plugin as `train_net.py --eval-only` runs it: `prepare_for_inference` "
+                  "(TEST.FOLD_BATCHNORM, MODEL.CHANNELS_LAST on) and the fast paste; \"unprepared\" is the same "
+                  "model without them. torchvision's paste row is its `transform.postprocess` (float masks, no"
                   " threshold). Detections per image: " + "; ".join(f"{k} {v}" for k, v in det.items()) + "."]
+        if "prepared_vs_plugin" in inf["checks"]:
+            pc = inf["checks"]["prepared_vs_plugin"]
+            lines += ["", f"Prepared vs unprepared outputs (detections in a canonical order): same count "
+                      f"{pc['same_count']}, classes equal {pc['classes_equal']}, largest box difference "
+                      f"{pc['box_max_abs']:.1e} px, score {pc['score_max_abs']:.1e}, raw mask probability "
+                      f"{pc['raw_mask_probability_max_abs']:.1e}, pasted mask pixels differing "
+                      f"{pc['mask_pixels_differing']} (a pixel can flip only where its probability is within the "
+                      "raw difference of the threshold)."]
+        if "flop_floor" in inf:
+            fl = inf["flop_floor"]
+            d2_total = m["detectron2"]["total"]
+            ours_total = m["prepared_fast_paste" if has_prepared else "plugin_fast_paste"]["total"]
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in fl["gflop"].items())
+            rates = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in fl["attainable"].items())
+            lines += ["", f"**FLOP floor.** The FLOP-bound stages on the padded {fl['padded_size'][0]} x "
+                      f"{fl['padded_size'][1]} input ({parts} GFLOP; {sum(fl['gflop'].values()):.1f} in all) at the "
+                      f"attainable rate measured in this run ({fl['attainable_gflops']:.0f} GFLOP/s, the best of "
+                      f"{rates}) take {fl['floor_ms']:.0f} ms = {_ratio(fl['floor_ms'], d2_total)} of stock "
+                      f"detectron2's total, with nothing else run (ours: {_ratio(ours_total, fl['floor_ms'])} times "
+                      "the floor). A ratio to detectron2 below the floor's needs less arithmetic, not faster "
+                      "kernels."]
         pm, ps = inf["paste_ms_per_image"], inf["paste_synthetic_ms_per_image"]
         ck = inf["checks"]
         side = lambda d: f"{d.get('min', 0):.0f} / {d.get('median', 0):.0f} / {d.get('max', 0):.0f}"  # noqa: E731
@@ -827,6 +939,13 @@ def render_markdown(res):
         worst = max(tr["first_iteration_loss_rel_diff"].values()) if tr["first_iteration_loss_rel_diff"] else 0.0
         lines += ["", "First iteration, plugin vs detectron2 ROIAlignV2 heads (same weights and batch): largest relative "
                   f"loss difference {worst:.1e}."]
+        if "flop_floor" in tr:
+            fl = tr["flop_floor"]
+            lines += ["", f"**FLOP floor.** One plugin iteration's convolutions and matmuls, forward and backward "
+                      f"(torch's FlopCounterMode), are {fl['gflop']:.1f} GFLOP: at the attainable rate measured in this "
+                      f"run ({fl['attainable_gflops']:.0f} GFLOP/s) {fl['floor_s']:.3f} s = "
+                      f"{_ratio(fl['floor_s'], b['iteration'])} of the stock ROIAlignV2 iteration, with nothing else "
+                      f"run (ours: {_ratio(a['iteration'], fl['floor_s'])} times the floor)."]
     if "memory" in res:
         mem = res["memory"]
         lines += [

@@ -96,16 +96,17 @@ def build_r50():
     return build_model(cfg).eval()
 
 
-def stages(model, quick):
-    """[(name, module to time, its inputs)] of the FLOP-bound stages, on the padded test image."""
-    h, w = (416, 544) if quick else (800, 1088)
+def stages(model, quick, size=None, rois=None):
+    """[(name, module to time, its inputs)] of the FLOP-bound stages, on the padded test image (`size` (h, w),
+    default 800 x 1088) with `rois` (box RoIs, mask RoIs, default 1000 and 100)."""
+    h, w = size or ((416, 544) if quick else (800, 1088))
     image = torch.randn(1, 3, h, w)
     backbone = model.backbone
     with torch.no_grad():
         bottom = backbone.bottom_up(image)
         feats = backbone(image)
     rpn_in = [feats[f] for f in model.proposal_generator.in_features]
-    box_rois, mask_rois = (250, 25) if quick else (1000, 100)
+    box_rois, mask_rois = rois or ((250, 25) if quick else (1000, 100))
     box_in = torch.randn(box_rois, backbone.output_shape()["p2"].channels, 7, 7)
     mask_in = torch.randn(mask_rois, backbone.output_shape()["p2"].channels, 14, 14)
 

@@ -60,6 +60,16 @@ def add_maskrcnn_plugin_config(cfg):
     cfg.TEST.VIS_NUM_IMAGES = 4
     # Score threshold for the drawn predictions.
     cfg.TEST.VIS_SCORE_THRESH = 0.5
+
+    # ---- Speed only (maskrcnn_plugin/inference.py; issue #27) ---------------------------------------------
+    # These change how the same function is computed, not what: outputs agree to float32 rounding, so they are
+    # left out of the ablation records' config hash (ablations/records.py, SPEED_ONLY_KEYS).
+    # Convolution weights (and so the backbone's activations) in channels-last order, which oneDNN runs faster
+    # on CPUs; for training (train_net.py's Trainer.build_model) and for --eval-only / demo.py.
+    cfg.MODEL.CHANNELS_LAST = False
+    # Fold every BN (frozen, or trainable in eval mode) into the convolution before it, in --eval-only and
+    # demo.py only: one pass over the activations fewer per convolution.
+    cfg.TEST.FOLD_BATCHNORM = True
     return cfg
 
 

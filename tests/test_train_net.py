@@ -88,3 +88,32 @@ def test_corrupt_or_missing_image_error_names_the_file(tmp_path, content):
     with pytest.raises(OSError) as e:
         mapper({"file_name": str(path), "image_id": 7, "height": 64, "width": 64, "annotations": []})
     assert str(path) in str(e.value) and "image_id=7" in str(e.value)
+
+
+# Records GOMP_SPINCOUNT as it is when torch is first imported (libgomp reads it then), imports train_net, and
+# prints that value and the one after.
+_SPY_ON_TORCH_IMPORT = """
+import builtins, os, sys
+sys.path.insert(0, os.getcwd())
+seen, real_import = [], builtins.__import__
+def spy(name, *args, **kwargs):
+    if name == "torch" and not seen:
+        seen.append(os.environ.get("GOMP_SPINCOUNT"))
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = spy
+import train_net
+print(repr(seen[0]), repr(os.environ.get("GOMP_SPINCOUNT")))
+"""
+
+
+@pytest.mark.parametrize("user_env,expected", [({}, "3000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                               ({"OMP_WAIT_POLICY": "PASSIVE"}, None)])
+def test_openmp_spin_default_is_set_before_torch_loads_and_never_over_the_users(user_env, expected):
+    """train_net.py's short OpenMP spin (docs/performance.md, contention) is in the environment before torch is
+    first imported; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(user_env)
+    out = subprocess.run([sys.executable, "-c", _SPY_ON_TORCH_IMPORT], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == [repr(expected)] * 2
