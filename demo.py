@@ -90,7 +90,7 @@ def main(argv=None):
     metadata = MetadataCatalog.get(metadata_name)
     files = input_files(args)
     predictor = DefaultPredictor(cfg)
-    prepare_for_inference(predictor.model, cfg)  # TEST.FOLD_BATCHNORM, MODEL.CHANNELS_LAST
+    prepare_for_inference(predictor.model, cfg)  # TEST.FOLD_BATCHNORM, TEST.CHANNELS_LAST
     os.makedirs(args.output, exist_ok=True)
     written = []
     for path in files:

@@ -9,12 +9,13 @@ import os
 import weakref
 
 # OpenMP's idle threads spin for a while before they sleep (libgomp: 300,000 spins by default). On a 2-core
-# machine with other work the spinning thread holds a core the other job needs: a training step took ~2.8x its
-# quiet time beside one busy process. A short spin keeps it near the 2x share of the lost core; shorter still
-# costs more on a quiet machine, where each parallel region then wakes sleeping threads (measured spin counts
-# and costs: benchmarks/bench_contention.py, docs/performance.md). libgomp reads its variables once, when torch
-# loads it, so they are set before any import of torch, and never over a value the user chose.
-OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "3000"}
+# machine with other work the spinning thread holds a core the other job needs: a training step took 2.6-2.9x
+# its quiet time beside one busy process. 10,000 spins keep it at 2.1-2.4x with no quiet cost that the
+# measurements could tell from their spread; shorter spins come nearer 2x but cost a quiet machine 5-15% (each
+# parallel region then wakes sleeping threads): benchmarks/bench_contention.py, docs/performance.md. libgomp
+# reads its variables once, when torch loads it, so they are set before any import of torch, and never over a
+# value the user chose (e.g. GOMP_SPINCOUNT=3000 or OMP_WAIT_POLICY=PASSIVE on a busy laptop).
+OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "10000"}
 if not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
     os.environ.update(OPENMP_DEFAULTS)
 
@@ -60,7 +61,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
-        if cfg.MODEL.CHANNELS_LAST:
+        if cfg.SOLVER.CHANNELS_LAST:
             to_channels_last(model)  # before the optimizer is built on its parameters
         return model
 
@@ -121,7 +122,7 @@ def main(args):
         check_weights_exist(cfg.MODEL.WEIGHTS)
         model = Trainer.build_model(cfg)
         AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        # TEST.FOLD_BATCHNORM / MODEL.CHANNELS_LAST: same outputs to float32 rounding, less time
+        # TEST.FOLD_BATCHNORM / TEST.CHANNELS_LAST: same outputs to float32 rounding, less time
         prepare_for_inference(model, cfg)
         results = Trainer.test(cfg, model)
         write_results(cfg, results)

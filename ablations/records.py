@@ -108,7 +108,7 @@ def load_arm_cfg(config_file, opts=()):
 
 # Keys that change how fast the same function is computed, not what (outputs equal to float32 rounding; see
 # maskrcnn_plugin/config.py): a run is the same experiment with or without them.
-SPEED_ONLY_KEYS = (("MODEL", "CHANNELS_LAST"), ("TEST", "FOLD_BATCHNORM"))
+SPEED_ONLY_KEYS = (("TEST", "FOLD_BATCHNORM"), ("TEST", "CHANNELS_LAST"), ("SOLVER", "CHANNELS_LAST"))
 
 
 def config_hash(cfg):

@@ -9,7 +9,7 @@ a fresh, empty inductor cache (so the compile times are cold, as on a user's fir
 1. Training: the main job's step (`configs/shapes/mask_rcnn_R18_FPN_shapes.yaml`, forward + backward + SGD step
    on bench_end_to_end.py's generated batches, no data loading) for four variants of the same model, same
    weights, batches and RoI samples, timed round-robin: eager (the default), channels-last
-   (`MODEL.CHANNELS_LAST`), the backbone compiled (`model.backbone.compile()`, inductor's defaults), and both.
+   (`SOLVER.CHANNELS_LAST`), the backbone compiled (`model.backbone.compile()`, inductor's defaults), and both.
    The first step of a compiled variant includes the compile; its cost is that step minus the eager median,
    and "break-even" is how many steps repay it. The first step's losses are compared with eager's.
 2. Inference: the R-50-FPN backbone (ResNet-50 + FPN, 800 x 1088) as `train_net.py --eval-only` runs it (BN
@@ -87,9 +87,7 @@ def training(quick, steps, log):
 def inference(quick, repeats, log):
     cfg_size = (416, 544) if quick else (800, 1088)
     model = build_r50()
-    cfg = get_plugin_cfg()
-    cfg.TEST.FOLD_BATCHNORM, cfg.MODEL.CHANNELS_LAST = True, True
-    eager = prepare_for_inference(model, cfg).backbone
+    eager = prepare_for_inference(model, get_plugin_cfg()).backbone  # the --eval-only defaults
     compiled = copy.deepcopy(eager)
     compiled.compile()
     x = torch.randn(1, 3, *cfg_size, generator=torch.Generator().manual_seed(0))

@@ -36,6 +36,7 @@ SETTINGS = {
     # what `python train_net.py` does: it sets its OpenMP defaults (train_net.OPENMP_DEFAULTS) before torch loads
     TRAIN_NET: ({}, None, None),
     "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, None, None),
+    "GOMP_SPINCOUNT=30000": ({"GOMP_SPINCOUNT": "30000"}, None, None),
     "GOMP_SPINCOUNT=10000": ({"GOMP_SPINCOUNT": "10000"}, None, None),
     "GOMP_SPINCOUNT=3000": ({"GOMP_SPINCOUNT": "3000"}, None, None),
     "GOMP_SPINCOUNT=1000": ({"GOMP_SPINCOUNT": "1000"}, None, None),
@@ -61,8 +62,12 @@ def worker(args):
     opts = ["SOLVER.MAX_ITER", "100000", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", args.output]
     if args.workers is not None:
         opts += ["DATALOADER.NUM_WORKERS", str(args.workers)]
+    if args.weights:
+        opts += ["MODEL.WEIGHTS", args.weights]
     cfg = train_net.load_cfg(argparse.Namespace(config_file=CONFIG, opts=opts, resume=False, eval_only=False))
     trainer = train_net.Trainer(cfg)
+    if args.weights:
+        trainer.resume_or_load(resume=False)  # the model's weights only: a late step's work, fresh momentum
     times = []
     with EventStorage(0) as trainer.storage:
         for i in range(args.warmup + args.iters):
@@ -74,7 +79,7 @@ def worker(args):
     print("RESULT " + json.dumps({"times": times, "torch_threads": torch.get_num_threads()}))
 
 
-def measure(name, iters, warmup, co_runners):
+def measure(name, iters, warmup, co_runners, weights=None):
     env_add, threads, workers = SETTINGS[name]
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     env.update(env_add)
@@ -87,6 +92,8 @@ def measure(name, iters, warmup, co_runners):
             cmd += ["--workers", str(workers)]
         if name == TRAIN_NET:
             cmd.append("--train-net-first")
+        if weights:
+            cmd += ["--weights", os.path.abspath(weights)]
         busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(co_runners)]
         load = os.getloadavg()[0]
         try:
@@ -129,6 +136,9 @@ def markdown(result):
         "| setting | torch threads | alone, s/iter | with co-runner(s), s/iter | slowdown | load (1 min) before: alone / beside |",
         "|---|---|---|---|---|---|",
     ]
+    if result.get("weights"):
+        lines[0] += (f" The model starts from `{os.path.relpath(result['weights'], REPO)}` (a trained model's steps: more "
+                     "foreground RoIs reach the mask branch than in a fresh model's).")
     rounds = result.get("rounds", 1)
     if rounds > 1:
         lines[0] += (f" {rounds} rounds, the settings interleaved; each cell is the median of the rounds' medians, "
@@ -154,6 +164,8 @@ def main():
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--co-runners", type=int, default=1, help="busy processes beside the measured training")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every setting this many times, interleaved")
+    ap.add_argument("--weights", help="start from this checkpoint (e.g. a main-job run's model_0000399.pth): the "
+                    "steps of a trained model pool more foreground RoIs in the mask branch than a fresh one's")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--report", action="store_true", help="only rewrite <out-name>.md from its stored .json")
     ap.add_argument("--out-name", default="contention", help="benchmarks/results/<name>.json / .md")
@@ -174,14 +186,15 @@ def main():
     import torch
 
     result = {"command": "python benchmarks/bench_contention.py " + " ".join(sys.argv[1:]), "iters": args.iters,
+              "weights": args.weights,
               "warmup": args.warmup, "co_runners": args.co_runners, "cpu": cpu_name(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "settings": {}}
     rounds = {name: [] for name in args.settings}
     # Rounds interleave the settings, so a slow phase of the VM hits all of them rather than one.
     for r in range(args.rounds):
         for name in args.settings:
-            alone = measure(name, args.iters, args.warmup, co_runners=0)
-            beside = measure(name, args.iters, args.warmup, co_runners=args.co_runners)
+            alone = measure(name, args.iters, args.warmup, co_runners=0, weights=args.weights)
+            beside = measure(name, args.iters, args.warmup, co_runners=args.co_runners, weights=args.weights)
             rounds[name].append({"alone": alone, "co_runner": beside})
             print(f"round {r + 1}/{args.rounds} {name}: alone {alone['median_s']:.2f} s/iter, with co-runner "
                   f"{beside['median_s']:.2f} s/iter ({beside['median_s'] / alone['median_s']:.1f}x)", flush=True)

@@ -475,10 +475,8 @@ def bench_inference(s, log):
     tv = build_torchvision(s, s["seed"])
     for m in (plugin, stock, tv):
         m.eval()
-    # The plugin as `train_net.py --eval-only` runs it: the inference speedups its config turns on.
-    cfg_prepared = cfg_plugin.clone()
-    cfg_prepared.TEST.FOLD_BATCHNORM, cfg_prepared.MODEL.CHANNELS_LAST = True, True
-    prepared = prepare_for_inference(copy.deepcopy(plugin), cfg_prepared)
+    # The plugin as `train_net.py --eval-only` runs it: the inference speedups its config turns on by default.
+    prepared = prepare_for_inference(copy.deepcopy(plugin), cfg_plugin)
     timers = {name: PoolTimer({"box": m.roi_heads.box_pooler, "mask": m.roi_heads.mask_pooler})
               for name, m in (("plugin", plugin), ("prepared", prepared), ("detectron2", stock))}
     plugin_pastes = {"detectron2": detector_postprocess, "fast": detector_postprocess_fast, "torchvision": tv_paste}
@@ -875,7 +873,7 @@ def render_markdown(res):
                          f"| {_ratio(ours, d2)} | {_ratio(ours, tv)} |")
         det = inf["checks"]["detections_per_image"]
         lines += ["", "\"ours\" = the plugin as `train_net.py --eval-only` runs it: `prepare_for_inference` "
-                  "(TEST.FOLD_BATCHNORM, MODEL.CHANNELS_LAST on) and the fast paste; \"unprepared\" is the same "
+                  "(TEST.FOLD_BATCHNORM, TEST.CHANNELS_LAST: on by default) and the fast paste; \"unprepared\" is the same "
                   "model without them. torchvision's paste row is its `transform.postprocess` (float masks, no"
                   " threshold). Detections per image: " + "; ".join(f"{k} {v}" for k, v in det.items()) + "."]
         if "prepared_vs_plugin" in inf["checks"]:

@@ -64,12 +64,15 @@ def add_maskrcnn_plugin_config(cfg):
     # ---- Speed only (maskrcnn_plugin/inference.py; issue #27) ---------------------------------------------
     # These change how the same function is computed, not what: outputs agree to float32 rounding, so they are
     # left out of the ablation records' config hash (ablations/records.py, SPEED_ONLY_KEYS).
-    # Convolution weights (and so the backbone's activations) in channels-last order, which oneDNN runs faster
-    # on CPUs; for training (train_net.py's Trainer.build_model) and for --eval-only / demo.py.
-    cfg.MODEL.CHANNELS_LAST = False
-    # Fold every BN (frozen, or trainable in eval mode) into the convolution before it, in --eval-only and
-    # demo.py only: one pass over the activations fewer per convolution.
+    # --eval-only and demo.py: fold every BN (frozen, or trainable in eval mode) into the convolution before it,
+    # one pass over the activations fewer per convolution.
     cfg.TEST.FOLD_BATCHNORM = True
+    # --eval-only and demo.py: convolution weights (and so the activations) in channels-last order, oneDNN's
+    # faster layout for the 1x1 convolutions of a ResNet on CPUs.
+    cfg.TEST.CHANNELS_LAST = True
+    # Training in channels-last order (train_net.py's Trainer.build_model): off, as it measured no faster for
+    # the CPU-scale models (docs/performance.md).
+    cfg.SOLVER.CHANNELS_LAST = False
     return cfg
 
 

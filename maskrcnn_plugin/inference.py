@@ -1,11 +1,11 @@
 """Inference-only speedups of a loaded model, chosen by config (issue #27; docs/performance.md has the figures).
 
 Neither changes what the model computes beyond float32 rounding: ``TEST.FOLD_BATCHNORM`` folds every BN into the
-convolution before it (`maskrcnn_plugin.fold_bn`), ``MODEL.CHANNELS_LAST`` stores the convolution weights in
+convolution before it (`maskrcnn_plugin.fold_bn`), ``TEST.CHANNELS_LAST`` stores the convolution weights in
 channels-last order, which makes oneDNN run every convolution (and its output) in that layout: its faster path
 for the 1x1 convolutions that dominate a ResNet's shortfall on CPUs. `train_net.py --eval-only` and `demo.py`
 apply them after loading the weights; a training run's own evaluations do not (folding would change the model
-being trained).
+being trained; ``SOLVER.CHANNELS_LAST`` is the layout for training).
 """
 import torch
 
@@ -27,6 +27,6 @@ def prepare_for_inference(model, cfg):
     model.eval()
     if cfg.TEST.FOLD_BATCHNORM:
         fold_batchnorm(model)
-    if cfg.MODEL.CHANNELS_LAST:
+    if cfg.TEST.CHANNELS_LAST:
         to_channels_last(model)
     return model

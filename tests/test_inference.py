@@ -1,4 +1,4 @@
-"""The inference speedups (maskrcnn_plugin/inference.py) and MODEL.CHANNELS_LAST in training: a prepared model
+"""The inference speedups (maskrcnn_plugin/inference.py) and SOLVER.CHANNELS_LAST in training: a prepared model
 gives the unprepared model's detections to float32 rounding; the keys are off the ablation records' hash."""
 import copy
 
@@ -32,7 +32,7 @@ def _trained_looking_model():
 @pytest.mark.parametrize("fold,channels_last", [(True, False), (False, True), (True, True)])
 def test_prepared_model_gives_the_same_detections(fold, channels_last):
     cfg, model = _trained_looking_model()
-    cfg.TEST.FOLD_BATCHNORM, cfg.MODEL.CHANNELS_LAST = fold, channels_last
+    cfg.TEST.FOLD_BATCHNORM, cfg.TEST.CHANNELS_LAST = fold, channels_last
     prepared = prepare_for_inference(copy.deepcopy(model).train(), cfg)  # it puts the model in eval mode itself
     assert not prepared.training
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
@@ -61,7 +61,7 @@ def test_channels_last_training_model_and_checkpoint_layout():
     import train_net
 
     cfg = train_net.load_cfg(type("A", (), {"config_file": SHAPES_R18_FPN, "resume": False, "eval_only": False,
-                                            "opts": ["MODEL.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu"]})())
+                                            "opts": ["SOLVER.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu"]})())
     model = train_net.Trainer.build_model(cfg)
     convs = [m for m in model.modules() if isinstance(m, Conv2d)]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
@@ -91,7 +91,7 @@ def test_speed_only_keys_leave_the_config_hash_alone():
 
     cfg = _plain_cfg()
     before = records.config_hash(cfg)
-    cfg.MODEL.CHANNELS_LAST, cfg.TEST.FOLD_BATCHNORM = True, False
+    cfg.SOLVER.CHANNELS_LAST, cfg.TEST.CHANNELS_LAST, cfg.TEST.FOLD_BATCHNORM = True, False, False
     assert records.config_hash(cfg) == before
     cfg.MODEL.RESNETS.DEPTH = 34  # anything else still changes it
     assert records.config_hash(cfg) != before

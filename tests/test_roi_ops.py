@@ -411,6 +411,21 @@ def test_empty_boxes(backend, op):
 
 
 @pytest.mark.parametrize("op", sorted(ALL_OPS))
+def test_channels_last_input_gives_the_same_outputs_and_gradients(backend, op):
+    """Features in channels-last order (a model prepared with TEST.CHANNELS_LAST) go to the kernels as they
+    are; outputs and input gradients equal those of the same values in the default layout."""
+    x, rois = make_case(951)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_nchw = x.detach().contiguous().requires_grad_()
+    y_cl, y = ALL_OPS[op](x_cl, rois), ALL_OPS[op](x_nchw, rois)
+    assert torch.equal(y_cl, y)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    y_cl.backward(g)
+    y.backward(g)
+    assert torch.equal(x_cl.grad, x_nchw.grad)
+
+
+@pytest.mark.parametrize("op", sorted(ALL_OPS))
 def test_list_boxes_equal_tensor_boxes(backend, op):
     x, rois = make_case(950)
     per_image = [rois[rois[:, 0] == i, 1:] for i in range(2)]

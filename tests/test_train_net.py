@@ -106,7 +106,7 @@ print(repr(seen[0]), repr(os.environ.get("GOMP_SPINCOUNT")))
 """
 
 
-@pytest.mark.parametrize("user_env,expected", [({}, "3000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+@pytest.mark.parametrize("user_env,expected", [({}, "10000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
                                                ({"OMP_WAIT_POLICY": "PASSIVE"}, None)])
 def test_openmp_spin_default_is_set_before_torch_loads_and_never_over_the_users(user_env, expected):
     """train_net.py's short OpenMP spin (docs/performance.md, contention) is in the environment before torch is

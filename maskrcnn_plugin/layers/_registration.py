@@ -126,7 +126,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _compute_args(input: Tensor, rois: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Input and rois in the compute dtype, and the int64 batch index of every RoI."""
-    x = input.to(_compute_dtype(input.dtype)).contiguous()
+    x = input.to(_compute_dtype(input.dtype))
+    # The C++ and pure-PyTorch kernels read the features as N x H x W x C (they permute them themselves): a
+    # channels-last input, as a model prepared with TEST.CHANNELS_LAST gives, goes to them without a copy.
+    if not (x.device.type == "cpu" and _backend() != "triton" and x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
     r = rois.to(x.dtype).contiguous()
     return x, r, r[:, 0].to(torch.int64).contiguous()
 
