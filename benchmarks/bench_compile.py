@@ -19,7 +19,6 @@ a fresh, empty inductor cache (so the compile times are cold, as on a user's fir
 import argparse
 import copy
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -34,12 +33,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_end_to_end as e2e  # noqa: E402
-from bench_roofline import build_r50  # noqa: E402
+from bench_roofline import build_r50, write_results  # noqa: E402
 
 from maskrcnn_plugin.config import get_plugin_cfg  # noqa: E402
 from maskrcnn_plugin.inference import prepare_for_inference, to_channels_last  # noqa: E402
 
-OUT_DIR = ROOT / "benchmarks" / "results"
 
 
 def training(quick, steps, log):
@@ -174,9 +172,7 @@ def main():
     md = markdown(res)
     print(md)
     if not (args.quick or args.no_write):
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        (OUT_DIR / "compile.json").write_text(json.dumps(res, indent=1) + "\n")
-        (OUT_DIR / "compile.md").write_text(md)
+        write_results("compile", res, md)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def worker(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    import train_net
+    import train_net  # noqa: F811  (already imported above when --train-net-first)
     from detectron2.utils.events import EventStorage
 
     opts = ["SOLVER.MAX_ITER", "100000", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", args.output]

@@ -14,7 +14,11 @@ each in turn), so background load affects them alike.
      predictions, by `maskrcnn_plugin.paste.detector_postprocess_fast` ("plugin + fast paste");
    * detectron2: the model zoo's `COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml`, with the plugin
      model's weights copied in (the mask head's conv keys renamed), outputs checked identical;
-   * torchvision: `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` (its own random weights).
+   * torchvision: `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` (its own random weights);
+   * "ours": the plugin model prepared as `train_net.py --eval-only` prepares it (`prepare_for_inference` with
+     the config's defaults: BN folded, channels-last), with the fast paste; its outputs are compared with the
+     unprepared model's (canonical order; raw mask probabilities too).
+   Then the FLOP floor: the FLOP-bound stages' FLOPs (fvcore) over the attainable rate measured in the run.
    All three: score threshold 0, `--detections` per image, 1000 RPN proposals, NMS 0.5, RoIAlign sampling
    ratio `--sampling-ratio` (detectron2's zoo default would be 0 = adaptive; torchvision's is fixed at 2).
    The RPN's and box head's box-regression layers are zeroed in all three (see zero_box_regression: with
@@ -33,7 +37,8 @@ each in turn), so background load affects them alike.
    plugin vs the same model with stock detectron2 heads (StandardROIHeads + ROIAlignV2 with the same sampling
    ratio + MaskRCNNConvUpsampleHead) and vs those heads with ROIPool; same weights, same batches (generated
    shapes images, SOLVER.IMS_PER_BATCH of them), same RNG seed per iteration (so the same RoIs are sampled);
-   the first iteration's losses of plugin and stock ROIAlignV2 are compared.
+   the first iteration's losses of plugin and stock ROIAlignV2 are compared; the FLOP floor of one plugin
+   iteration (torch's FlopCounterMode, forward and backward) over the attainable rate.
 4. Peak resident memory: each configuration in its own fresh subprocess (same weights and inputs, loaded
    from files). Once the model is built and the inputs are loaded, the kernel's peak-RSS mark is reset
    (/proc/self/clear_refs = 5); VmHWM is read after the measured runs (--mem-runs passes over all images,

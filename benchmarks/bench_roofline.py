@@ -50,6 +50,13 @@ END_TO_END = ROOT / "results" / "performance" / "end_to_end.json"
 OUT_DIR = ROOT / "benchmarks" / "results"
 
 
+def write_results(name, result, markdown_text):
+    """benchmarks/results/<name>.json and .md: a benchmark's record and its tables."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (OUT_DIR / f"{name}.md").write_text(markdown_text)
+
+
 def timed(fn, repeats, warmup=1, best=False):
     """Median (or with `best` the shortest) wall seconds of `fn()` over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
@@ -316,9 +323,7 @@ def write_outputs(result, text, args):
     """Print the markdown; unless --quick, write benchmarks/results/<out-name>.{json,md}."""
     print(text)
     if not args.quick:
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        (OUT_DIR / f"{args.out_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (OUT_DIR / f"{args.out_name}.md").write_text(text)
+        write_results(args.out_name, result, text)
 
 
 def main(argv=None):

@@ -14,7 +14,6 @@ work with no FLOPs in the count (BN, elementwise, RoI pooling, losses, sampling,
 import argparse
 import collections
 import datetime
-import json
 import os
 import sys
 import time
@@ -27,9 +26,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_end_to_end as e2e  # noqa: E402
-from bench_roofline import attainable  # noqa: E402
+from bench_roofline import attainable, write_results  # noqa: E402
 
-OUT_DIR = ROOT / "benchmarks" / "results"
 # profiler operator name -> kind; the first matching substring wins, the rest is "other"
 KINDS = (("convolution_backward", "convolution backward"), ("convolution", "convolution forward"),
          ("batch_norm", "batch norm (forward and backward)"), ("addmm", "matmul (linear layers)"),
@@ -94,9 +92,7 @@ def main():
     md = markdown(res)
     print(md)
     if not (args.quick or args.no_write):
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        (OUT_DIR / "train_profile.json").write_text(json.dumps(res, indent=1) + "\n")
-        (OUT_DIR / "train_profile.md").write_text(md)
+        write_results("train_profile", res, md)
 
 
 def markdown(res):
