@@ -70,8 +70,9 @@ def add_maskrcnn_plugin_config(cfg):
     # --eval-only and demo.py: convolution weights (and so the activations) in channels-last order, oneDNN's
     # faster layout for the 1x1 convolutions of a ResNet on CPUs.
     cfg.TEST.CHANNELS_LAST = True
-    # Training in channels-last order (train_net.py's Trainer.build_model): off, as it measured no faster for
-    # the CPU-scale models (docs/performance.md).
+    # Training in channels-last order (train_net.py's Trainer.build_model). Off: the main job's step took 0.95x
+    # the time, but its first iteration's loss differed by 2.3e-4 relative, more than a default may change it
+    # (docs/performance.md, bench_compile).
     cfg.SOLVER.CHANNELS_LAST = False
     return cfg
 
