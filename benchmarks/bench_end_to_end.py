@@ -450,14 +450,14 @@ def mask_agreement(a, b):
             "identical_share": (sum(same) / len(same)) if same else 1.0}
 
 
-def prepared_agreement(plugin, prepared, inputs):
+def prepared_agreement(plugin, prepared, inputs, plugin_outputs):
     """How the prepared model's outputs differ from the plugin's, detections put in one canonical order (random
     weights give tied scores, whose order top-k may break either way): the postprocessed differences, and the
     largest difference of the raw mask probabilities (a pasted pixel can flip only where its probability is
     within that of the threshold)."""
     from bench_roofline import canonical_order
 
-    a = [canonical_order(plugin([x])[0]["instances"]) for x in inputs]
+    a = [canonical_order(o) for o in plugin_outputs]
     b = [canonical_order(prepared([x])[0]["instances"]) for x in inputs]
     out = compare_d2_outputs(a, b)
     raw_a = [canonical_order(r) for r in plugin.inference(inputs, do_postprocess=False)]
@@ -502,7 +502,7 @@ def bench_inference(s, log):
             float("inf") if a["boxes"].shape != b["boxes"].shape else
             (a["boxes"] - b["boxes"]).abs().max().item() if len(a["boxes"]) else 0.0 for a, b in zip(ref_tv, staged_tv))
         checks["plugin_vs_stock_same_weights"] = compare_d2_outputs(ref_plugin, ref_stock)
-        checks["prepared_vs_plugin"] = prepared_agreement(plugin, prepared, inputs_d2)
+        checks["prepared_vs_plugin"] = prepared_agreement(plugin, prepared, inputs_d2, ref_plugin)
         checks["fast_paste_vs_detectron2_paste"] = mask_agreement(
             [o["fast"][0] for o in staged_plugin], [o["detectron2"][0] for o in staged_plugin])
         checks["plugin_detection_box_side_px"] = box_side_stats(ref_plugin)

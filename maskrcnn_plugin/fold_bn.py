@@ -20,9 +20,8 @@ def _fixed_affine(bn):
     if isinstance(bn, FrozenBatchNorm2d):
         weight, bias = bn.weight, bn.bias
     elif isinstance(bn, torch.nn.BatchNorm2d) and not bn.training and bn.running_mean is not None:
-        ones = torch.ones_like(bn.running_mean)
-        weight = bn.weight if bn.affine else ones
-        bias = bn.bias if bn.affine else ones * 0
+        weight = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
+        bias = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
     else:
         return None
     scale = weight.double() * (bn.running_var.double() + bn.eps).rsqrt()

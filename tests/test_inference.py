@@ -1,5 +1,6 @@
 """The inference speedups (maskrcnn_plugin/inference.py) and SOLVER.CHANNELS_LAST in training: a prepared model
 gives the unprepared model's detections to float32 rounding; the keys are off the ablation records' hash."""
+import argparse
 import copy
 
 import pytest
@@ -13,11 +14,16 @@ from maskrcnn_plugin.inference import prepare_for_inference, to_channels_last
 SHAPES_R18_FPN = "configs/shapes/mask_rcnn_R18_FPN_shapes.yaml"
 
 
-def _trained_looking_model():
-    """The main job's model (trainable BN) with random weights and BN statistics unlike the identity."""
+def _plain_cfg():
     cfg = get_plugin_cfg()
     cfg.merge_from_file(SHAPES_R18_FPN)
     cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def _trained_looking_model():
+    """The main job's model (trainable BN) with random weights and BN statistics unlike the identity."""
+    cfg = _plain_cfg()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -60,8 +66,8 @@ def test_prepared_model_gives_the_same_detections(fold, channels_last):
 def test_channels_last_training_model_and_checkpoint_layout():
     import train_net
 
-    cfg = train_net.load_cfg(type("A", (), {"config_file": SHAPES_R18_FPN, "resume": False, "eval_only": False,
-                                            "opts": ["SOLVER.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu"]})())
+    cfg = train_net.load_cfg(argparse.Namespace(config_file=SHAPES_R18_FPN, resume=False, eval_only=False,
+                                                opts=["SOLVER.CHANNELS_LAST", "True", "MODEL.DEVICE", "cpu"]))
     model = train_net.Trainer.build_model(cfg)
     convs = [m for m in model.modules() if isinstance(m, Conv2d)]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
@@ -70,13 +76,6 @@ def test_channels_last_training_model_and_checkpoint_layout():
     plain.load_state_dict(model.state_dict())
     for (k, v), w in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(v, w), k
-
-
-def _plain_cfg():
-    cfg = get_plugin_cfg()
-    cfg.merge_from_file(SHAPES_R18_FPN)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def test_to_channels_last_keeps_values():
