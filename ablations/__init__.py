@@ -19,7 +19,8 @@ Modules:
     shards   --shard k/n: worker k's share of the grid, then help with the rest and recover dead workers' runs
     slurm    submitit tasks: a training as a SLURM job, the grid as a job array (tools/submit_slurm.py; needs submitit)
     report   statistics, docs/ablations.md, AP-vs-IoU plots, results/ablations/summary.json
-    suite_time  the report's suite line: serial wall time, missing runs, measured several-worker wall-clock
+    suite_time  the report's suite line: wall time one run at a time, missing runs, several workers' measured
+                wall-clock and speed-up
     cli      the --ablation flags of train_net.py: run, then report
 
 Adding a table = its arm configs + ``ablations/tables/<key>.yaml`` (arms, baseline, ablated keys, paper numbers,

@@ -374,22 +374,48 @@ def test_report_states_the_measured_wall_clock_of_several_workers():
     from ablations.suite_time import parallel_measurements, parallel_time_sentences, union_seconds
 
     assert union_seconds([(0, 10), (5, 15), (20, 30)]) == 25 and union_seconds([(0, 10), (2, 3)]) == 10
-    assert "not measured yet" in parallel_time_sentences([{"wall_s": 60.0}], 1.0)
+    assert "not measured yet" in parallel_time_sentences([(("t", "a"), {"wall_s": 60.0})], 1.0)
 
     def rec(host, pid, start, end):
         return {"wall_s": end - start, "started_unix": start, "finished_unix": end,
                 "worker": {"kind": "shard", "n": 2, "shard": "1/2", "host": host, "pid": pid}}
 
-    # two workers on two machines, two runs each of one hour; a day's pause between the sessions is not counted
+    # the whole suite by two workers on two machines, two runs each of one hour; a day's pause is not counted
     day = 86400
-    runs = [rec("m1", 1, 0, 3600), rec("m2", 2, 0, 3600), rec("m1", 1, day, day + 3600), rec("m2", 2, day, day + 3600)]
+    runs = [(("t", "a"), rec("m1", 1, 0, 3600)), (("t", "b"), rec("m2", 2, 0, 3600)),
+            (("t", "a"), rec("m1", 1, day, day + 3600)), (("t", "b"), rec("m2", 2, day, day + 3600))]
     (g,) = parallel_measurements(runs)
-    assert (g["runs"], g["wall_clock_s"], g["serial_s"], g["workers"], g["hosts"]) == (4, 7200, 14400, 2, ["m1", "m2"])
+    assert (g["runs"], g["wall_clock_s"], g["serial_s"], g["solo_s"], g["workers"], g["hosts"]) == (
+        4, 7200, 14400, None, 2, ["m1", "m2"])
     text = parallel_time_sentences(runs, 240.0)
-    assert "4 of these runs took 2.0 h of wall-clock" in text and "4.0 h one after another" in text
-    assert "the whole suite so far took 2.0 h that way" in text and "Caveat" not in text
-    # part of the suite on one machine: a projection, labelled as such, and the caveat
-    one_machine = [rec("vm", 1, 0, 3600), rec("vm", 2, 0, 5400)]
-    text = parallel_time_sentences(one_machine + [{"wall_s": 3600.0}], 300.0)
-    assert "2 of these runs took 1.5 h of wall-clock" in text and "would take about 3.0 h (projected" in text
+    assert "4 of these runs took 2.0 h of wall-clock" in text and "The whole suite took 2.0 h that way" in text
+    assert "never ran alone: t/a, t/b" in text and "Caveat" not in text and "projected" not in text
+    # part of the suite by two workers on one machine: the speed-up is over the same arms' runs alone (a resumed
+    # run's partial wall time is not one), the whole suite at that speed-up is labelled projected, and the caveat
+    alone = [(("t", "a"), {"wall_s": 1800.0}), (("t", "a"), {"wall_s": 2400.0}),
+             (("t", "a"), {"wall_s": 60.0, "resumed": True}), (("t", "b"), {"wall_s": 3000.0})]
+    shared = [(("t", "a"), rec("vm", 1, 0, 3000)), (("t", "b"), rec("vm", 2, 0, 4200))]
+    (g,) = parallel_measurements(alone + shared)
+    assert (g["wall_clock_s"], g["serial_s"], g["solo_s"]) == (4200, 7200, 2100 + 3000)
+    text = parallel_time_sentences(alone + shared, 600.0, n_missing=3)
+    assert "2 of these runs took 1.2 h of wall-clock" in text and "1.4 h one run at a time" in text
+    assert "a speed-up of 1.21, each run taking 1.41x its arm's time alone" in text
+    assert "the whole suite (10.0 h one run at a time, its missing runs included) would take about 8.2 h " \
+           "(projected, not measured)" in text
     assert "Caveat: all of them ran on one machine (vm)" in text
+
+
+def test_the_suite_line_counts_missing_runs_at_their_arms_time_alone():
+    from types import SimpleNamespace
+
+    from ablations.suite_time import suite_time_line
+
+    table = SimpleNamespace(key="t", arms_for=lambda scale: [SimpleNamespace(name="a"), SimpleNamespace(name="b")])
+    shard = {"started_unix": 0, "finished_unix": 5400, "wall_s": 5400.0, "seed": 1,
+             "worker": {"kind": "shard", "n": 2, "host": "vm", "pid": 1}}
+    have = {"t": {"a": {0: {"wall_s": 1800.0}, 1: shard}, "b": {0: {"wall_s": 3600.0}}}}
+    line = suite_time_line("cpu", [table], have)
+    # missing: a seed 2 at a's 30 min alone (not the shard run's 90), b seeds 1 and 2 at 60 min each
+    assert "3 trained arm+seed runs, 3.0 h" in line and "3 arm+seed runs, about 2.5 h more" in line
+    # the whole suite one at a time: 30 + 30 (the shard run at its arm's time alone) + 60 + 150 = 4.5 h
+    assert "the whole suite (4.5 h one run at a time" in line and "speed-up of 0.33" in line
