@@ -75,11 +75,23 @@ def union_seconds(intervals):
     return total
 
 
+def most_at_once(intervals):
+    """The largest number of (start, end) intervals that overlap: how many workers ran at once."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = now = 0
+    for _, step in events:  # an end sorts before a start at the same instant: back-to-back runs do not overlap
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
 def parallel_measurements(runs):
     """Per group of runs trained by several workers at once -- ("shard", n): ``--shard k/n`` workers;
     ("submitit", n): a job array of n tasks -- the runs' count, their wall-clock (the union of their
     start..finish intervals, so idle time between sessions is not counted), their summed durations, the same
-    arms' summed time alone (None when an arm of the group never ran alone), the workers and the hosts. `runs`:
+    arms' summed time alone (None when an arm of the group never ran alone), the most runs in flight at once (the
+    workers; each ``--ablation`` invocation is a new process, so process ids would count a worker again) and the
+    hosts. `runs`:
     ((table, arm), record) pairs; only runs that recorded their worker and start / finish times count."""
     solo = solo_minutes(runs)
     groups = {}
@@ -97,8 +109,7 @@ def parallel_measurements(runs):
                     "serial_s": sum(b - a for a, b in intervals),
                     "solo_s": None if no_solo else 60 * sum(solo[key] for key, _ in members),
                     "arms_never_alone": no_solo,
-                    "workers": len({(r["worker"].get("host"), r["worker"].get("pid"),
-                                     r["worker"].get("task")) for r in rs}),
+                    "workers": most_at_once(intervals),
                     "hosts": sorted({str(r["worker"].get("host")) for r in rs})})
     return out
 
@@ -116,8 +127,8 @@ def parallel_time_sentences(runs, whole_suite_min, n_missing=0):
         who = (f"`--shard k/{g['n']}` workers" if g["kind"] == "shard"
                else f"a submitit job array of {g['n']} tasks" if g["kind"] == "submitit" else f"{g['kind']} workers")
         text = (f"Measured with {who}: {g['runs']} of these runs took {g['wall_clock_s'] / 3600:.1f} h of wall-clock "
-                f"(the time during which at least one of them was running), by {g['workers']} worker process(es) on "
-                f"{len(g['hosts'])} machine(s)")
+                f"(the time during which at least one of them was running), by {g['workers']} workers at once at "
+                f"most, on {len(g['hosts'])} machine(s)")
         speedup = g["solo_s"] / g["wall_clock_s"] if g["solo_s"] and g["wall_clock_s"] > 0 else None
         if speedup:
             text += (f"; the same arms take {g['solo_s'] / 3600:.1f} h one run at a time (each arm's mean wall time "

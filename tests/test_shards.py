@@ -396,7 +396,9 @@ def test_report_states_the_measured_wall_clock_of_several_workers():
              (("t", "a"), {"wall_s": 60.0, "resumed": True}), (("t", "b"), {"wall_s": 3000.0})]
     shared = [(("t", "a"), rec("vm", 1, 0, 3000)), (("t", "b"), rec("vm", 2, 0, 4200))]
     (g,) = parallel_measurements(alone + shared)
-    assert (g["wall_clock_s"], g["serial_s"], g["solo_s"]) == (4200, 7200, 2100 + 3000)
+    assert (g["wall_clock_s"], g["serial_s"], g["solo_s"], g["workers"]) == (4200, 7200, 2100 + 3000, 2)
+    # workers are counted as runs in flight at once: a worker's next invocation (a new process) is not another
+    assert parallel_measurements(shared + [(("t", "a"), rec("vm", 3, 4200, 5000))])[0]["workers"] == 2
     text = parallel_time_sentences(alone + shared, 600.0, n_missing=3)
     assert "2 of these runs took 1.2 h of wall-clock" in text and "1.4 h one run at a time" in text
     assert "a speed-up of 1.21, each run taking 1.41x its arm's time alone" in text
