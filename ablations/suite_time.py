@@ -57,7 +57,8 @@ def suite_time_line(scale, tables, have):
     if n_missing:
         line += (f" Missing for {len(DEFAULT_SEEDS)} seeds per arm: {n_missing} arm+seed runs, about "
                  f"{missing_min / 60:.1f} h more at each arm's mean wall time alone"
-                 + (f" (the mean over arms, {overall:.1f} min, for arms not run alone yet)." if overall else "."))
+                 + (f" ({'the mean over arms' if solo else 'the mean of all runs'}, {overall:.1f} min, for arms "
+                    "not run alone yet)." if overall else "."))
     whole_suite_min = sum(one_at_a_time(key, r) for key, r in runs) + missing_min
     return line + " " + parallel_time_sentences(runs, whole_suite_min, n_missing)
 
@@ -91,8 +92,8 @@ def parallel_measurements(runs):
     start..finish intervals, so idle time between sessions is not counted), their summed durations, the same
     arms' summed time alone (None when an arm of the group never ran alone), the most runs in flight at once (the
     workers; each ``--ablation`` invocation is a new process, so process ids would count a worker again) and the
-    hosts. `runs`:
-    ((table, arm), record) pairs; only runs that recorded their worker and start / finish times count."""
+    hosts. `runs`: ((table, arm), record) pairs; only runs that recorded their worker and start / finish times
+    count."""
     solo = solo_minutes(runs)
     groups = {}
     for key, r in runs:
